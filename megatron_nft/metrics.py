@@ -1,0 +1,112 @@
+"""Metrics sinks: ``metrics.jsonl`` (one JSON object per step), TensorBoard, a PNG plot.
+
+Only the global rank 0 writes; other ranks get a no-op logger so call sites need no
+rank checks. ``metrics.jsonl`` is appended to, so a resumed run continues the same file
+(entries past the resume step are dropped on open: they belong to the lost future).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Optional
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+class MetricsLogger:
+    def __init__(self, out_dir: str, *, enabled: bool = True, tensorboard: bool = True,
+                 resume_step: int = 0):
+        self.enabled = enabled
+        self.out_dir = out_dir
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        self._tb = None
+        if not enabled:
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        self._truncate_after(resume_step)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+
+    def _truncate_after(self, step: int) -> None:
+        """Keep rows with step <= ``step`` (rows of a crashed future are dropped on resume)."""
+        if not os.path.exists(self.path):
+            return
+        keep = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn last line from a crash
+                if row.get("step", 0) <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, self.path)
+
+    def log(self, step: int, metrics: dict, histograms: Optional[dict] = None) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step)}
+        row.update({k: (float(v) if _is_number(v) else v) for k, v in metrics.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if _is_number(v):
+                    self._tb.add_scalar(k, float(v), step)
+            for k, values in (histograms or {}).items():
+                if len(values):
+                    import numpy as np
+
+                    self._tb.add_histogram(k, np.asarray(values, dtype=np.float64), step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(path: str) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+def plot_metrics(metrics_path: str, png_path: str,
+                 keys: tuple[str, ...] = ("rollout/reward", "eval/accuracy")) -> Optional[str]:
+    """Plot the given keys against step into one PNG; returns the path or None if nothing to plot."""
+    rows = read_metrics(metrics_path)
+    series = {k: [(r["step"], r[k]) for r in rows if _is_number(r.get(k))] for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for k, pts in series.items():
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=k)
+    ax.set_xlabel("rollout step")
+    ax.set_ylabel("fraction correct")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path)
+    plt.close(fig)
+    return png_path
