@@ -25,6 +25,7 @@ setup(
         "psutil",  # megatron-core dist_checkpointing needs it (hangs without)
         "tqdm",
         "matplotlib",
+        "pyarrow",  # parquet prompt files (DAPO-Math-17k)
     ],
     extras_require={
         # GPU clusters: vLLM rollouts; Transformer Engine / apex come with NGC containers.
