@@ -1,0 +1,31 @@
+"""Math answer verification: extraction, equivalence and a process pool with hard timeouts.
+
+Public API::
+
+    from megatron_nft.rewards import MathVerifier
+    with MathVerifier(timeout_s=5.0, mode="math") as v:          # or mode="strict_box"
+        rewards = v.verify_batch(responses, golds)               # list[bool]
+
+Modules (parent side, pure Python): ``extract`` (final answer / gold), ``normalize`` (string
+rules), ``numbers`` (exact numeric literals), ``equivalence`` (structure + comparison driver),
+``guard`` (static size guard), ``grading`` (single answers, strict-box mode), ``verifier``
+(``MathVerifier``: fast path, de-duplication, pool with hard timeouts). Worker side:
+``worker`` (process main), ``symbolic`` (sympy backend), ``fastparse`` (LaTeX subset parser).
+Importing this package does not import sympy.
+"""
+
+from .equivalence import answers_equal
+from .extract import extract_answer, extract_gold, last_boxed
+from .verifier import MODES, MathVerifier, VerifierStats, strict_box_match, verify_answer
+
+__all__ = [
+    "MathVerifier",
+    "VerifierStats",
+    "MODES",
+    "answers_equal",
+    "extract_answer",
+    "extract_gold",
+    "last_boxed",
+    "strict_box_match",
+    "verify_answer",
+]
