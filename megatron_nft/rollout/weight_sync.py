@@ -1,0 +1,65 @@
+"""Pure-torch helpers for streaming trainer weights into a rollout engine.
+
+The trainer exports ``(hf_name, tensor)`` pairs one at a time (gathered from TP/PP shards);
+these helpers group them into size-bounded buckets and cast them to the engine's dtype without
+ever holding the whole model in memory.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import torch
+
+NamedTensor = tuple[str, torch.Tensor]
+
+
+def tensor_nbytes(tensor: torch.Tensor) -> int:
+    """Bytes occupied by ``tensor``'s elements (not its storage)."""
+    return tensor.numel() * tensor.element_size()
+
+
+def bucket_named_tensors(named_iter: Iterable[NamedTensor], bucket_bytes: int) -> Iterator[list[NamedTensor]]:
+    """Group a stream of named tensors into consecutive buckets of at most ``bucket_bytes``.
+
+    Order is preserved and every tensor appears exactly once. A tensor larger than
+    ``bucket_bytes`` forms a bucket of its own. Only one bucket is held at a time, so peak memory
+    is bounded by ``max(bucket_bytes, largest tensor)`` plus whatever the producer keeps alive.
+    """
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
+    bucket: list[NamedTensor] = []
+    size = 0
+    for name, tensor in named_iter:
+        nbytes = tensor_nbytes(tensor)
+        if bucket and size + nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, tensor))
+        size += nbytes
+        if size >= bucket_bytes:  # full (or a lone oversize tensor): flush now
+            yield bucket
+            bucket, size = [], 0
+    if bucket:
+        yield bucket
+
+
+def cast_named_tensors(
+    named_iter: Iterable[NamedTensor],
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> Iterator[NamedTensor]:
+    """Lazily cast floating-point tensors to ``dtype`` and move them to ``device``.
+
+    Integer/bool tensors keep their dtype. ``None`` leaves that attribute unchanged. Tensors are
+    made contiguous (engines' loaders often ``copy_`` or view them).
+    """
+    for name, tensor in named_iter:
+        target_dtype = dtype if (dtype is not None and tensor.is_floating_point()) else tensor.dtype
+        tensor = tensor.to(device=device if device is not None else tensor.device, dtype=target_dtype)
+        yield name, tensor.contiguous()
+
+
+def flatten_buckets(buckets: Iterable[list[NamedTensor]]) -> Iterator[NamedTensor]:
+    """Inverse of :func:`bucket_named_tensors`: a flat stream of ``(name, tensor)``."""
+    for bucket in buckets:
+        yield from bucket
