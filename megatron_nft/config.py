@@ -38,6 +38,12 @@ class TinyModelConfig:
     head_dim: int = 32
     ffn_hidden_size: int = 352
     vocab_size: int = 512  # tokenizer trained offline to this size
+    ops: str = "+"  # synthetic task operations, comma separated: "+", "-", "*"
+    shape: Literal["mixed", "2+1"] = "2+1"  # operands: 2-digit + 1-digit, or 2-3 digit pairs
+    bug_rate: float = 0.6  # warm-start answers computed with forgotten carries
+    sft_steps: int = 200
+    sft_batch: int = 64
+    sft_lr: float = 1e-3
 
 
 @dataclass
@@ -112,6 +118,7 @@ class RolloutConfig:
 @dataclass
 class DataConfig:
     train: str = "synthetic"  # "synthetic" or a .jsonl/.parquet prompt file
+    train_size: int = 20000  # number of prompts drawn from a synthetic/generated source
     eval: Optional[str] = "synthetic"
     eval_size: int = 128
     prompt_key: str = "prompt"

@@ -109,12 +109,22 @@ def split_of(a: int, b: int, op: str = "+") -> str:
     return "eval" if h % 1000 < EVAL_PERMILLE else "train"
 
 
-def _sample_operands(rng: random.Random, op: str, want_carry: bool) -> tuple[int, int]:
+SHAPES = ("mixed", "2+1")  # operand sizes: 2-3 digit pairs, or a 2-digit and a 1-digit number
+
+
+def _sample_operands(rng: random.Random, op: str, want_carry: bool, shape: str = "mixed") -> tuple[int, int]:
     """Rejection-sample operands of the right shape whose carry status is ``want_carry``."""
     for _ in range(10_000):
-        a = rng.randint(10, 99) if rng.random() < 0.5 else rng.randint(100, 999)
+        if shape == "2+1":
+            a = rng.randint(10, 99)
+        else:
+            a = rng.randint(10, 99) if rng.random() < 0.5 else rng.randint(100, 999)
         if op == "*":
             b = rng.randint(2, 9)
+        elif shape == "2+1":
+            b = rng.randint(1, 9)
+            if op == "-" and a < b:
+                a, b = b, a
         else:
             b = rng.randint(10, 99) if rng.random() < 0.5 else rng.randint(100, 999)
             if op == "-" and a < b:
@@ -124,7 +134,7 @@ def _sample_operands(rng: random.Random, op: str, want_carry: bool) -> tuple[int
     raise RuntimeError(f"could not sample a problem for op={op!r} carry={want_carry}")  # pragma: no cover
 
 
-def _check(ops: Sequence[str], carry_fraction: float, split: str) -> None:
+def _check(ops: Sequence[str], carry_fraction: float, split: str, shape: str = "mixed") -> None:
     bad = [o for o in ops if o not in OPS]
     if not ops or bad:
         raise ValueError(f"ops must be a non-empty subset of {OPS}, got {list(ops)}")
@@ -132,13 +142,16 @@ def _check(ops: Sequence[str], carry_fraction: float, split: str) -> None:
         raise ValueError(f"carry_fraction must be in [0, 1], got {carry_fraction}")
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
 
 
-def _problem_stream(rng: random.Random, split: str, ops: Sequence[str], carry_fraction: float):
+def _problem_stream(rng: random.Random, split: str, ops: Sequence[str], carry_fraction: float,
+                    shape: str = "mixed"):
     """Endless stream of ``(a, op, b)`` in ``split``; ~``carry_fraction`` of them carry."""
     while True:
         op = ops[rng.randrange(len(ops))]
-        a, b = _sample_operands(rng, op, rng.random() < carry_fraction)
+        a, b = _sample_operands(rng, op, rng.random() < carry_fraction, shape)
         if split_of(a, b, op) == split:
             yield a, op, b
 
@@ -150,6 +163,7 @@ def make_problems(
     *,
     ops: Sequence[str] = ("+",),
     carry_fraction: float = 0.75,
+    shape: str = "mixed",
 ) -> list[dict]:
     """``n`` distinct problems of ``split`` as ``{"prompt", "answer"}`` dicts.
 
@@ -157,11 +171,11 @@ def make_problems(
     a string. Extra keys for diagnostics: ``buggy_answer`` (str) and ``carry`` (bool).
     Deterministic in ``(n, seed, split, ops, carry_fraction)``.
     """
-    _check(ops, carry_fraction, split)
+    _check(ops, carry_fraction, split, shape)
     rng = random.Random(f"problems-{seed}-{split}")
     seen: set[tuple[int, str, int]] = set()
     out: list[dict] = []
-    stream = _problem_stream(rng, split, ops, carry_fraction)
+    stream = _problem_stream(rng, split, ops, carry_fraction, shape)
     misses = 0
     while len(out) < n:
         key = next(stream)
@@ -206,6 +220,7 @@ def make_sft_corpus(
     ops: Sequence[str] = ("+",),
     carry_fraction: float = 0.75,
     style: str = "boxed",
+    shape: str = "mixed",
 ) -> list[dict]:
     """``n`` warm-start SFT examples from the *train* split (never an eval problem).
 
@@ -216,9 +231,9 @@ def make_sft_corpus(
     """
     if not 0.0 <= bug_rate <= 1.0:
         raise ValueError(f"bug_rate must be in [0, 1], got {bug_rate}")
-    _check(ops, carry_fraction, "train")
+    _check(ops, carry_fraction, "train", shape)
     rng = random.Random(f"sft-{seed}")
-    stream = _problem_stream(rng, "train", ops, carry_fraction)
+    stream = _problem_stream(rng, "train", ops, carry_fraction, shape)
     out = []
     for _ in range(n):
         a, op, b = next(stream)

@@ -1,0 +1,353 @@
+"""The megatron-core policy: model chunks, distributed optimizer, and the two passes the
+recipe needs -- forward-only log-probs (pi_old) and one optimizer step of the RL loss --
+both through megatron's pipeline schedule (``get_forward_backward_func``).
+
+Loss aggregation across micro-batches, pipeline stages and data-parallel ranks is exact:
+the model config sets ``calculate_per_token_loss``, each micro-batch returns
+``(sum_t w_t * loss_t, n_tokens)``, and megatron's ``finalize_model_grads`` divides the
+gradients by the global token count (all-reduced over DP). The weights ``w`` are chosen up
+front from global counts so that every aggregation mode (token mean, sequence-mean
+token-mean, token-sum / constant) comes out exactly as if the whole batch were one tensor.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from megatron_nft.algorithms import (grpo_token_loss, nft_clip_fraction, nft_token_loss,
+                                     rft_token_loss, tis_weights)
+from megatron_nft.config import RecipeConfig
+from megatron_nft.megatron.batches import (MicroBatch, TrainSample, build_micro_batches, dp_shard,
+                                           scatter_response_values)
+from megatron_nft.megatron.logprobs import chunked_logprobs
+from megatron_nft.megatron.model import build_gpt_model, unwrap_model, vocab_size_of
+from megatron_nft.megatron.parallel import get_info
+
+
+def resolve_transformer_impl(impl: str) -> str:
+    if impl != "auto":
+        return impl
+    if not torch.cuda.is_available():
+        return "local"
+    try:
+        import transformer_engine  # noqa: F401
+
+        return "transformer_engine"
+    except Exception:
+        return "sdpa"
+
+
+def _patch_output_layer(gpt) -> None:
+    """Make the last stage return final hidden states instead of logits: log-probs are computed
+    from them in chunks (never the full [tokens, vocab] logits)."""
+    if not gpt.post_process or getattr(gpt, "_nft_hidden_out", False):
+        return
+
+    def hidden_out(hidden_states, weight=None, runtime_gather_output=None):
+        return hidden_states, None
+
+    gpt.output_layer.forward = hidden_out
+    gpt._nft_hidden_out = True
+
+
+def _output_weight(gpt) -> torch.Tensor:
+    if gpt.share_embeddings_and_output_weights:
+        return gpt.shared_embedding_or_output_weight()
+    return gpt.output_layer.weight
+
+
+class MegatronPolicy:
+    """Model + optimizer + scheduler on this rank (after ``init_distributed``)."""
+
+    def __init__(self, cfg: RecipeConfig, hf_config: dict, *, total_updates: int = 0,
+                 max_sequence_length: Optional[int] = None, training: bool = True):
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+        self.cfg = cfg
+        self.info = get_info()
+        self.on_gpu = self.info.device.type == "cuda"
+        bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else self.on_gpu
+        self.bf16 = bool(bf16)
+        self.transformer_impl = resolve_transformer_impl(cfg.model.transformer_impl)
+        self.explicit_mask = self.transformer_impl == "local"
+        gpt = build_gpt_model(
+            hf_config, transformer_impl=self.transformer_impl,
+            params_dtype=torch.bfloat16 if self.bf16 else torch.float32,
+            make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
+            max_sequence_length=max_sequence_length,
+            calculate_per_token_loss=True,
+            **_pipeline_kwargs(self.info.pp),
+            **_recompute_kwargs(cfg.model.recompute),
+        )
+        gpt.to(self.info.device)
+        _patch_output_layer(gpt)
+        self.gpt = gpt
+        self.tconfig = gpt.config
+        self.vocab_size = vocab_size_of(gpt)
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+            use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+        )
+        module = gpt
+        if self.bf16:
+            from megatron.core.transformer.module import Float16Module
+
+            module = Float16Module(self.tconfig, gpt)
+        self.updates = 0
+        if not training:  # scoring only (nft-logprobs): no DDP buffers, no optimizer state
+            self.model, self.chunks = module, [module]
+            return
+        self.model = DistributedDataParallel(self.tconfig, ddp_config, module)
+        self.chunks = [self.model]
+        t = cfg.train
+        opt_config = OptimizerConfig(
+            optimizer="adam", lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,
+            adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, adam_eps=t.adam_eps,
+            clip_grad=t.grad_clip, bf16=self.bf16, params_dtype=torch.bfloat16 if self.bf16 else torch.float32,
+            use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+        )
+        self.optimizer = get_megatron_optimizer(opt_config, self.chunks)
+        decay_steps = max(total_updates, t.warmup_steps + 1)
+        self.scheduler = OptimizerParamScheduler(
+            self.optimizer, init_lr=0.0 if t.warmup_steps > 0 else t.lr, max_lr=t.lr, min_lr=t.min_lr,
+            lr_warmup_steps=t.warmup_steps, lr_decay_steps=decay_steps,
+            lr_decay_style=t.lr_schedule, start_wd=t.weight_decay, end_wd=t.weight_decay,
+            wd_incr_steps=decay_steps, wd_incr_style="constant",
+        )
+        if t.warmup_steps > 0:
+            self.scheduler.step(increment=1)  # warm-up starts at lr/warmup, not at 0 (a wasted update)
+        self.tconfig.finalize_model_grads_func = finalize_model_grads
+        self.tconfig.grad_scale_func = self.optimizer.scale_loss
+        self.tconfig.no_sync_func = self.model.no_sync
+
+    # ------------------------------------------------------------------ helpers
+    def _tp_group(self):
+        from megatron.core import parallel_state as ps
+
+        return ps.get_tensor_model_parallel_group() if self.info.tp > 1 else None
+
+    def _token_logprobs(self, hidden: torch.Tensor, mb: MicroBatch, entropy: bool):
+        """hidden [b, s, H] on the last stage -> (logprobs [b, s], entropy [b, s] or None)."""
+        weight = _output_weight(self.gpt)
+        v_local = weight.shape[0]
+        return chunked_logprobs(
+            hidden, weight, mb.labels, tp_group=self._tp_group(),
+            vocab_start=self.info.tp_rank * v_local, vocab_size=self.vocab_size,
+            chunk_tokens=4096, compute_entropy=entropy)
+
+    def _run_schedule(self, mbs: list[MicroBatch], loss_func, forward_only: bool) -> list:
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        def forward_step(data_iterator, model):
+            mb = next(data_iterator)
+            out = model(mb.tokens, mb.position_ids, mb.attention_mask)
+            return out, partial(loss_func, mb)
+
+        fb = get_forward_backward_func()
+        return fb(
+            forward_step_func=forward_step, data_iterator=iter(mbs), model=self.chunks,
+            num_microbatches=len(mbs), seq_length=max(m.tokens.shape[1] for m in mbs),
+            micro_batch_size=max(m.tokens.shape[0] for m in mbs), forward_only=forward_only,
+        )
+
+    def _micro_batches(self, samples: Sequence[TrainSample], weights=None) -> list[MicroBatch]:
+        mbs = build_micro_batches(samples, micro_batch_tokens=self.cfg.train.micro_batch_tokens,
+                                  token_weights=weights, explicit_mask=self.explicit_mask)
+        return [m.to(self.info.device) for m in mbs]
+
+    def _my_shard(self, samples: Sequence[TrainSample]) -> list[int]:
+        return dp_shard([len(s.tokens) for s in samples], self.info.dp_rank, self.info.dp)
+
+    # ------------------------------------------------------------------ forward only
+    @torch.no_grad()
+    def compute_logprobs(self, samples: Sequence[TrainSample], *, with_entropy: bool = True) -> None:
+        """Fill ``old_logprobs`` (and ``entropy``) of this DP rank's shard on the last stage."""
+        mine = self._my_shard(samples)
+        if not mine:
+            return
+        shard = [samples[i] for i in mine]
+        mbs = self._micro_batches(shard)
+        for m in self.chunks:
+            m.eval()
+
+        def loss_func(mb, hidden):
+            lp, ent = self._token_logprobs(hidden, mb, with_entropy)
+            return torch.zeros((), device=hidden.device), {"lp": lp, "ent": ent}
+
+        outs = self._run_schedule(mbs, loss_func, forward_only=True)
+        if self.info.is_last_stage:
+            for mb, o in zip(mbs, outs):
+                lps = scatter_response_values(mb, o["lp"], shard)
+                ents = scatter_response_values(mb, o["ent"], shard) if o["ent"] is not None else None
+                for r, i in enumerate(mb.indices):
+                    shard[i].old_logprobs = lps[r]
+                    if ents is not None:
+                        shard[i].entropy = ents[r]
+
+    # ------------------------------------------------------------------ training
+    def _token_loss(self, lp: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
+        a = self.cfg.algorithm
+        name = a.name
+        if name == "nft":
+            return nft_token_loss(lp, mb.old_logprobs, mb.reward > 0, mb.correct_rate, epsilon=a.epsilon,
+                                  weighting=a.weighting, log_ratio_clamp=a.log_ratio_clamp)
+        if name == "rft":
+            return rft_token_loss(lp, mb.reward > 0)
+        if name in ("grpo", "drgrpo", "dapo"):
+            return grpo_token_loss(lp, mb.old_logprobs, mb.advantage, clip_low=a.clip_low, clip_high=a.clip_high)
+        raise ValueError(f"algorithm.name: unknown {name!r}")
+
+    def aggregation_weights(self, shard: Sequence[TrainSample], n_tokens: int, n_seqs: int) -> list[float]:
+        """Per-sample token weight so that sum(w * loss) / n_tokens is the configured aggregate."""
+        a = self.cfg.algorithm
+        if a.aggregation == "token-mean":
+            return [1.0] * len(shard)
+        if a.aggregation == "seq-mean-token-mean":
+            return [n_tokens / (n_seqs * max(s.response_len, 1)) for s in shard]
+        return [n_tokens / a.loss_constant] * len(shard)  # token-sum-norm
+
+    def train_step(self, samples: Sequence[TrainSample]) -> dict:
+        """One optimizer step on ``samples`` (the same list on every rank); returns metrics."""
+        info = self.info
+        mine = self._my_shard(samples)
+        shard = [samples[i] for i in mine]
+        counts = torch.tensor([sum(s.response_len for s in shard), len(shard)], dtype=torch.float64,
+                              device=info.device)
+        if info.dp > 1:
+            from megatron.core import parallel_state as ps
+
+            dist.all_reduce(counts, group=ps.get_data_parallel_group())
+        n_tokens, n_seqs = int(counts[0].item()), int(counts[1].item())
+        if not shard:  # more DP ranks than samples: one masked-out row keeps the schedule alive
+            shard = [TrainSample(tokens=[0, 0], prompt_len=2)]
+        weights = self.aggregation_weights(shard, n_tokens, n_seqs)
+        mbs = self._micro_batches(shard, weights)
+        for m in self.chunks:
+            m.train()
+            m.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        a = self.cfg.algorithm
+
+        def loss_func(mb, hidden):
+            lp, _ = self._token_logprobs(hidden, mb, entropy=False)
+            tl = self._token_loss(lp, mb)
+            w = mb.token_weight
+            if a.tis_cap is not None:
+                w = w * tis_weights(mb.old_logprobs, mb.rollout_logprobs, a.tis_cap)
+            loss = (tl * w).sum()
+            mask = mb.loss_mask
+            n = mask.sum()
+            with torch.no_grad():
+                neg = mask * (mb.reward <= 0).float()[:, None]
+                clip = (nft_clip_fraction(lp, mb.old_logprobs, mb.reward > 0, mb.correct_rate, neg,
+                                          epsilon=a.epsilon, log_ratio_clamp=a.log_ratio_clamp)
+                        * neg.sum()) if a.name == "nft" else torch.zeros((), device=lp.device)
+                ratio = torch.exp((lp - mb.old_logprobs).clamp(max=20.0))
+                report = torch.stack([loss.detach(), n, clip, neg.sum(),
+                                      ((ratio - 1).abs() * mask).sum()]).double()
+            return loss, n.to(torch.int), {"report": report}
+
+        outs = self._run_schedule(mbs, loss_func, forward_only=False)
+        ok, grad_norm, _ = self.optimizer.step()
+        self.scheduler.step(increment=1)
+        self.updates += 1
+        report = torch.zeros(5, dtype=torch.float64, device=info.device)
+        if info.is_last_stage:
+            for o in outs:
+                report += o["report"]
+        report = self._reduce_report(report)
+        loss_sum, n_tok, clip, n_neg, ratio_dev = report.tolist()
+        return {
+            "train/loss": loss_sum / max(n_tokens, 1),
+            "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+            "train/tokens": n_tokens,
+            "train/update_skipped": 0.0 if ok else 1.0,
+            "train/neg_clip_frac": clip / n_neg if n_neg else 0.0,
+            "train/ratio_abs_dev": ratio_dev / max(n_tok, 1),
+        }
+
+    def _reduce_report(self, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+        """Reduce over DP on the last stage, then share with every rank (last stage -> all PP)."""
+        from megatron.core import parallel_state as ps
+
+        if self.info.dp > 1:
+            dist.all_reduce(t, op=op, group=ps.get_data_parallel_group())
+        if self.info.pp > 1:
+            dist.broadcast(t, src=ps.get_pipeline_model_parallel_last_rank(),
+                           group=ps.get_pipeline_model_parallel_group())
+        return t
+
+    def response_stats(self, batches: Sequence[Sequence[TrainSample]]) -> dict:
+        """Entropy and rollout-engine vs trainer log-prob gap over all response tokens of the
+        mini-batches ``batches`` (each passed to :meth:`compute_logprobs` first); reduced over
+        DP, shared with every rank."""
+        sums = torch.zeros(4, dtype=torch.float64, device=self.info.device)  # ent, n_ent, gap, n_gap
+        gap_max = torch.zeros(1, dtype=torch.float64, device=self.info.device)
+        mine = [b[i] for b in batches for i in self._my_shard(b)] if self.info.is_last_stage else []
+        for s in mine:
+            if s.entropy:
+                sums[0] += sum(s.entropy)
+                sums[1] += len(s.entropy)
+            if s.rollout_logprobs is not None and s.old_logprobs is not None:
+                d = (torch.tensor(s.rollout_logprobs, dtype=torch.float64)
+                     - torch.tensor(s.old_logprobs, dtype=torch.float64)).abs()
+                sums[2] += d.sum()
+                sums[3] += d.numel()
+                gap_max[0] = torch.maximum(gap_max[0], d.max())
+        sums = self._reduce_report(sums)
+        gap_max = self._reduce_report(gap_max, op=dist.ReduceOp.MAX)
+        out = {}
+        if sums[1] > 0:
+            out["rollout/entropy"] = (sums[0] / sums[1]).item()
+        if sums[3] > 0:
+            out["rollout/logprob_gap_mean"] = (sums[2] / sums[3]).item()
+            out["rollout/logprob_gap_max"] = gap_max.item()
+        return out
+
+    # ------------------------------------------------------------------ state
+    def gather_response_values(self, samples: Sequence[TrainSample], attr: str = "old_logprobs") -> None:
+        """Make ``attr`` of every sample available on every rank (it lives on the last stage of
+        the DP rank that computed it)."""
+        from megatron.core import parallel_state as ps
+
+        info = self.info
+        local = {i: getattr(samples[i], attr) for i in self._my_shard(samples)} if info.is_last_stage else {}
+        if info.dp > 1 and info.is_last_stage:
+            parts = [None] * info.dp
+            dist.all_gather_object(parts, local, group=ps.get_data_parallel_group())
+            for p in parts:
+                local.update(p)
+        if info.pp > 1:
+            box = [local]
+            dist.broadcast_object_list(box, src=ps.get_pipeline_model_parallel_last_rank(),
+                                       group=ps.get_pipeline_model_parallel_group())
+            local = box[0]
+        for i, v in local.items():
+            setattr(samples[i], attr, v)
+
+    def unwrapped(self):
+        return unwrap_model(self.model)
+
+
+def _pipeline_kwargs(pp: int) -> dict:
+    """Token-budget micro-batches differ in shape, so pipeline stages exchange shapes first.
+    (megatron 0.16 rejects variable_seq_lengths with the default 'allgather' MoE dispatcher,
+    even for dense models; 'alltoall' is inert without experts.)"""
+    if pp == 1:
+        return {}
+    return {"variable_seq_lengths": True, "moe_token_dispatcher_type": "alltoall"}
+
+
+def _recompute_kwargs(mode: str) -> dict:
+    if mode == "none":
+        return {}
+    if mode == "selective":
+        return {"recompute_granularity": "selective"}
+    return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}

@@ -1,0 +1,56 @@
+"""``nft-train`` / ``python -m megatron_nft.train``: the NFT recipe entry point.
+
+    torchrun --nproc-per-node N -m megatron_nft.train --recipe recipes/tiny_cpu.yaml --set parallel.tp=2
+    nft-train --recipe R --dry-run --set cluster.nodes=16 --set cluster.gpus_per_node=8
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from megatron_nft.config import ConfigError, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nft-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", required=True, help="recipe YAML (see recipes/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one recipe key, e.g. --set parallel.tp=2 (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the recipe against cluster.* and print the plan; needs no GPU")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.recipe, args.overrides)
+        if args.dry_run:
+            from megatron_nft.plan import dry_run
+
+            return dry_run(cfg)
+    except ConfigError as e:
+        print(f"nft-train: config error: {e}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # megatron-core warns at import that TE/apex are missing; the fallbacks are expected here.
+    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+    from megatron_nft.trainer import run
+
+    try:
+        run(cfg)
+    except ConfigError as e:
+        print(f"nft-train: config error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        from megatron_nft.megatron.parallel import destroy
+
+        destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
