@@ -1,0 +1,173 @@
+"""`nft-train --dry-run` (megatron_nft/plan.py) and the cluster recipes."""
+import glob
+import json
+import os
+import re
+
+import pytest
+
+from megatron_nft.config import load_config
+from megatron_nft.plan import KNOWN_ARCHS, resolve_arch
+from megatron_nft.train import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+R = os.path.join(ROOT, "recipes")
+R7 = os.path.join(R, "nft_qwen2.5_math_7b.yaml")
+R32 = os.path.join(R, "nft_qwen2.5_32b.yaml")
+PEAK = re.compile(r"\[memory\] peak per GPU: ([0-9.]+) GiB of ([0-9.]+) GiB -> (FITS|DOES NOT FIT)")
+
+
+def dry(capsys, recipe, *sets):
+    argv = ["--recipe", recipe, "--dry-run"]
+    for s in sets:
+        argv += ["--set", s]
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def peak(out):
+    m = PEAK.search(out)
+    assert m, f"no memory line in:\n{out}"
+    return float(m.group(1)), float(m.group(2)), m.group(3)
+
+
+def test_32b_on_16x8_fits(capsys):
+    rc, out, err = dry(capsys, R32)
+    assert rc == 0, err
+    assert "world 128; layout TP 8 x PP 2 x DP 8" in out
+    gib, cap, verdict = peak(out)
+    assert verdict == "FITS" and cap == 80 and 20 < gib < 80
+    assert "32 vLLM engines x TP 4" in out
+    assert "tokens per step <= 134,217,728" in out  # 512 x 16 x (2048 + 14336)
+
+
+def test_7b_on_4x8_fits(capsys):
+    rc, out, err = dry(capsys, R7)
+    assert rc == 0, err
+    assert "world 32; layout TP 2 x PP 1 x DP 16" in out
+    gib, _, verdict = peak(out)
+    assert verdict == "FITS" and 20 < gib < 80
+    assert "~8 micro-batches of 16384 tokens per update" in out  # 32 answers x 4096 / 16384
+
+
+def test_tp_not_dividing_heads_names_key(capsys):
+    rc, _, err = dry(capsys, R32, "parallel.tp=3")
+    assert rc != 0
+    assert "parallel.tp: 3 does not divide num_attention_heads 40" in err
+    assert "use 1, 2, 4, 8" in err
+
+
+def test_world_size_not_divisible_names_keys(capsys):
+    rc, _, err = dry(capsys, R32, "cluster.nodes=3")  # world 24, TP 8 x PP 2 = 16
+    assert rc != 0
+    assert "parallel.tp x parallel.pp: 8 x 2 = 16 does not divide the world size 24" in err
+    assert "cluster.nodes" in err
+
+
+def test_pp_not_dividing_layers_and_layer_split(capsys):
+    base = ("cluster.nodes=3", "parallel.pp=3")  # world 24 = TP 2 x PP 3 x DP 4; 28 layers
+    rc, _, err = dry(capsys, R7, *base)
+    assert rc != 0 and "parallel.pp: 3 does not divide num_layers 28" in err
+    assert "parallel.pp_layer_split" in err
+    rc, out, err = dry(capsys, R7, *base, "parallel.pp_layer_split=10,9,9")
+    assert rc == 0, err
+    assert "layers per stage 10,9,9" in out
+    rc, _, err = dry(capsys, R7, *base, "parallel.pp_layer_split=10,10,10")
+    assert rc != 0 and "parallel.pp_layer_split" in err
+
+
+@pytest.mark.parametrize("setting,key", [
+    ("rollout.vllm_tp=3", "rollout.vllm_tp"),
+    ("train.updates_per_rollout=7", "train.updates_per_rollout"),
+    ("train.micro_batch_tokens=8192", "train.micro_batch_tokens"),
+    ("train.prompts_per_step=500", "train.prompts_per_step"),  # 8000 / 16 = 500 answers, DP 8
+    ("algorithm.overlong_buffer=20000", "algorithm.overlong_buffer"),
+    ("rollout.gpu_memory_utilization=0.2", "rollout.gpu_memory_utilization"),  # no KV room
+])
+def test_invalid_settings_name_the_key(capsys, setting, key):
+    rc, _, err = dry(capsys, R32, setting)
+    assert rc != 0
+    assert key in err, err
+
+
+def test_does_not_fit(capsys):
+    rc, out, err = dry(capsys, R32, "parallel.tp=1", "parallel.pp=1")
+    assert rc != 0
+    assert peak(out)[2] == "DOES NOT FIT"
+    assert "cluster.gpu_memory_gb" in err
+
+
+def test_all_recipes_load():
+    files = sorted(glob.glob(os.path.join(R, "*.yaml")))
+    names = {os.path.basename(f) for f in files}
+    for algo in ("nft", "rft", "grpo", "dapo"):
+        assert {f"{algo}_qwen2.5_math_7b.yaml", f"{algo}_qwen2.5_32b.yaml"} <= names
+    for f in files:
+        load_config(f)
+
+
+@pytest.mark.parametrize("recipe", sorted(glob.glob(os.path.join(R, "*_qwen2.5_*.yaml"))))
+def test_cluster_recipes_dry_run(capsys, recipe):
+    rc, out, err = dry(capsys, recipe)
+    assert rc == 0, err
+    assert peak(out)[2] == "FITS"
+
+
+def test_paper_hyperparameters():
+    for f, lens in ((R7, (512, 3584)), (R32, (2048, 14336))):
+        c = load_config(f)
+        assert (c.train.prompts_per_step, c.rollout.n, c.train.updates_per_rollout) == (512, 16, 16)
+        assert c.rollout.gen_batch_multiplier * c.train.prompts_per_step == 1536
+        assert c.rollout.max_refill_rounds == 10
+        assert (c.train.lr, c.train.lr_schedule, c.train.warmup_steps) == (1e-6, "constant", 10)
+        assert (c.train.weight_decay, c.train.grad_clip) == (0.1, 1.0)
+        assert (c.algorithm.name, c.algorithm.epsilon, c.algorithm.weighting) == ("nft", 1.0, "1-r")
+        assert (c.rollout.max_prompt_tokens, c.rollout.max_response_tokens) == lens
+        assert (c.rollout.temperature, c.rollout.top_p, c.eval.temperature, c.eval.top_p) == (1.0, 1.0, 0.6, 0.7)
+        assert c.precision.fp8 is None
+    d32 = load_config(os.path.join(R, "dapo_qwen2.5_32b.yaml")).algorithm
+    assert (d32.clip_low, d32.clip_high, d32.aggregation, d32.overlong_buffer, d32.overlong_penalty) == \
+        (0.2, 0.28, "token-mean", 4096, 1.0)
+
+
+@pytest.mark.parametrize("size", ["qwen2.5_math_7b", "qwen2.5_32b"])
+@pytest.mark.parametrize("algo", ["rft", "grpo", "dapo"])
+def test_variants_override_only_algorithm(algo, size):
+    base = load_config(os.path.join(R, f"nft_{size}.yaml")).to_dict()
+    var = load_config(os.path.join(R, f"{algo}_{size}.yaml")).to_dict()
+    assert var["algorithm"]["name"] == algo
+    base.pop("algorithm"), var.pop("algorithm")
+    assert var == base
+
+
+def test_arch_from_local_hf_dir(tmp_path, capsys):
+    cfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+           "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 6, "num_attention_heads": 6,
+           "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": True}
+    d = tmp_path / "my-model"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    rc, out, err = dry(capsys, R7, f"model.hf_path={d}")  # TP 2 divides 6 heads / 2 kv heads
+    assert rc == 0, err
+    assert "6 layers, hidden 256" in out and str(d / "config.json") in out
+    rc, _, err = dry(capsys, R7, f"model.hf_path={d}", "parallel.tp=4")
+    assert rc != 0 and "parallel.tp: 4 does not divide num_attention_heads 6" in err
+
+
+def test_unknown_model_names_hf_path(capsys):
+    rc, _, err = dry(capsys, R7, "model.hf_path=org/Some-Unknown-Model")
+    assert rc != 0 and "model.hf_path" in err
+
+
+def test_builtin_table_by_basename():
+    cfg = load_config(R32, ["model.hf_path=/nonexistent/Qwen2.5-32B/"])
+    a = resolve_arch(cfg)
+    assert (a.num_layers, a.hidden_size, a.num_kv_heads) == (64, 5120, 8)
+    assert set(KNOWN_ARCHS) == {"qwen2.5-math-7b", "qwen2.5-32b"}
+
+
+def test_tiny_recipe_dry_run(capsys):
+    rc, out, err = dry(capsys, os.path.join(R, "tiny_cpu.yaml"), "cluster.nodes=2", "cluster.gpus_per_node=1")
+    assert rc == 0, err
+    assert "layout TP 1 x PP 1 x DP 2" in out
