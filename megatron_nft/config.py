@@ -72,7 +72,7 @@ class AlgorithmConfig:
     weighting: Literal["1-r", "grpo", "none"] = "1-r"  # NFT prompt weight omega(q)
     log_ratio_clamp: float = 10.0
     clip_low: float = 0.2  # GRPO/DAPO PPO clip
-    clip_high: float = 0.2  # DAPO: 0.28 (clip-higher)
+    clip_high: Optional[float] = None  # null = 0.28 for dapo (clip-higher), 0.2 otherwise
     aggregation: Literal["token-mean", "seq-mean-token-mean", "token-sum-norm"] = "token-mean"
     loss_constant: float = 1000.0  # divisor for token-sum-norm
     overlong_buffer: int = 0  # DAPO overlong reward shaping window (tokens); 0 = off
@@ -178,6 +178,13 @@ class RecipeConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def effective_clip_high(alg: AlgorithmConfig) -> float:
+    """DAPO's clip-higher (0.28) unless the recipe sets ``algorithm.clip_high``."""
+    if alg.clip_high is not None:
+        return alg.clip_high
+    return 0.28 if alg.name == "dapo" else 0.2
 
 
 # --------------------------------------------------------------------------- coercion
@@ -354,7 +361,8 @@ def validate(cfg: RecipeConfig) -> RecipeConfig:
     need(cfg.parallel.tp >= 1, "parallel.tp", "must be >= 1")
     need(cfg.parallel.pp >= 1, "parallel.pp", "must be >= 1")
     need(cfg.algorithm.epsilon > 0, "algorithm.epsilon", "must be > 0 (the paper uses 1.0; 0.5 at 32B)")
-    need(cfg.algorithm.clip_low >= 0 and cfg.algorithm.clip_high >= 0, "algorithm.clip_low", "clips must be >= 0")
+    need(cfg.algorithm.clip_low >= 0, "algorithm.clip_low", "must be >= 0")
+    need(cfg.algorithm.clip_high is None or cfg.algorithm.clip_high >= 0, "algorithm.clip_high", "must be >= 0 or null")
     need(cfg.train.lr > 0, "train.lr", "must be > 0")
     need(cfg.train.max_steps >= 0, "train.max_steps", "must be >= 0")
     need(cfg.train.updates_per_rollout >= 1, "train.updates_per_rollout", "must be >= 1")

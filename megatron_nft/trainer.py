@@ -306,6 +306,7 @@ def run(cfg: RecipeConfig) -> dict:
                     overlong_buffer=cfg.algorithm.overlong_buffer if cfg.algorithm.name == "dapo" else 0,
                     overlong_penalty=cfg.algorithm.overlong_penalty, step_seed=cfg.seed * 7919 + step)
                 samples = rb.samples
+                engine.sleep()  # vLLM: free KV cache, offload weights while megatron trains
                 assign_advantages(samples, std_normalize=std_norm)
                 m.update(rb.metrics)
                 hist["rollout/correct_rate_hist"] = rb.correct_rates
@@ -331,7 +332,8 @@ def run(cfg: RecipeConfig) -> dict:
             log0(f"[nft] step {step}: no informative group after {cfg.rollout.max_refill_rounds} rounds; skipping update")
         if online:
             with timer("sync"):
-                sync_weights(policy, engine)
+                sync_weights(policy, engine)  # wakes the engine's weights only
+                engine.wake()  # and then its KV cache, for the next rollout / eval
             if step == cfg.train.max_steps or (cfg.eval.interval and step % cfg.eval.interval == 0):
                 m.update(run_eval(step))
         dt = time.time() - t_step

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from megatron_nft.algorithms import (grpo_token_loss, nft_clip_fraction, nft_token_loss,
                                      rft_token_loss, tis_weights)
-from megatron_nft.config import RecipeConfig
+from megatron_nft.config import RecipeConfig, effective_clip_high
 from megatron_nft.megatron.batches import (MicroBatch, TrainSample, build_micro_batches, dp_shard,
                                            scatter_response_values)
 from megatron_nft.megatron.logprobs import chunked_logprobs
@@ -200,7 +200,8 @@ class MegatronPolicy:
         if name == "rft":
             return rft_token_loss(lp, mb.reward > 0)
         if name in ("grpo", "drgrpo", "dapo"):
-            return grpo_token_loss(lp, mb.old_logprobs, mb.advantage, clip_low=a.clip_low, clip_high=a.clip_high)
+            return grpo_token_loss(lp, mb.old_logprobs, mb.advantage, clip_low=a.clip_low,
+                                   clip_high=effective_clip_high(a))
         raise ValueError(f"algorithm.name: unknown {name!r}")
 
     def aggregation_weights(self, shard: Sequence[TrainSample], n_tokens: int, n_seqs: int) -> list[float]:
