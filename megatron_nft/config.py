@@ -95,6 +95,7 @@ class TrainConfig:
     prompts_per_step: int = 512
     updates_per_rollout: int = 16  # optimizer steps per rollout step (mini-batches)
     micro_batch_tokens: int = 8192  # token budget of one packed micro-batch
+    fused_adam: bool = True  # torch's fused AdamW kernel when megatron falls back to torch (no TE/apex)
     bf16: Optional[bool] = None  # null = bf16 on GPU, fp32 on CPU
 
 

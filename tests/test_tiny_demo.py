@@ -4,12 +4,13 @@ killed mid-way and the same command resumes from the last checkpoint and finishe
 
 These are the slowest tests (minutes each); they run in CI.
 """
+import contextlib
 import json
 import os
-import signal
 import subprocess
 import time
 
+import psutil
 import pytest
 
 from _dist_helpers import PYTHON, REPO, TORCHRUN, env, free_port
@@ -59,8 +60,14 @@ def test_tiny_tp2_killed_then_resumed(tmp_path):
     while not first_ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(2)
     assert first_ckpt.exists(), "no checkpoint appeared"
-    time.sleep(5)  # let it get into the next steps, then kill the whole job without warning
-    os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(5)  # let it get into the next steps, then kill the whole job without warning:
+    # torchrun's workers live in sessions of their own, so kill the process tree, not a group
+    tree = psutil.Process(proc.pid)
+    victims = tree.children(recursive=True) + [tree]
+    for v in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            v.kill()
+    psutil.wait_procs(victims, timeout=60)
     proc.wait()
     cmd[4] = str(free_port())
     p = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=1500)

@@ -82,7 +82,7 @@ def test_layouts_agree_and_outputs_exist(setup):
     init = _weights(hf)
     runs = {}
     for name, nproc, sets in [("tp1pp1", 1, []), ("tp2pp2", 4, ["parallel.tp=2", "parallel.pp=2"]),
-                              ("dp2", 2, [])]:
+                              ("dp2", 2, []), ("unfused_adam", 1, ["train.fused_adam=false"])]:
         out = tmp / name
         _train(nproc, recipe, f"output.dir={out}", *sets)
         runs[name] = (out, _metrics(out))
@@ -96,7 +96,7 @@ def test_layouts_agree_and_outputs_exist(setup):
     ref_w = _weights(base_out / "hf")
     assert set(ref_w) == set(init)
     assert any(not torch.equal(ref_w[k], init[k]) for k in init), "training changed nothing"
-    for name in ("tp2pp2", "dp2"):
+    for name in ("tp2pp2", "dp2", "unfused_adam"):
         out, m = runs[name]
         assert m[-1]["train/grad_norm"] == pytest.approx(row["train/grad_norm"], rel=1e-4), name
         assert m[-1]["train/loss"] == pytest.approx(row["train/loss"], rel=1e-4, abs=1e-7), name

@@ -122,7 +122,7 @@ def _init_optimizer_state(optimizer) -> None:
                 if "step" not in st:
                     st["exp_avg"] = torch.zeros_like(p.data)
                     st["exp_avg_sq"] = torch.zeros_like(p.data)
-                    st["step"] = torch.tensor(0.0)
+                    st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
 
 
 def _adam_step(optimizer) -> float:

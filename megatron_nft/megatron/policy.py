@@ -113,6 +113,8 @@ class MegatronPolicy:
             use_distributed_optimizer=cfg.parallel.distributed_optimizer,
         )
         self.optimizer = get_megatron_optimizer(opt_config, self.chunks)
+        if t.fused_adam:
+            use_fused_torch_adam(self.optimizer)
         decay_steps = max(total_updates, t.warmup_steps + 1)
         self.scheduler = OptimizerParamScheduler(
             self.optimizer, init_lr=0.0 if t.warmup_steps > 0 else t.lr, max_lr=t.lr, min_lr=t.min_lr,
@@ -136,6 +138,8 @@ class MegatronPolicy:
         """hidden [b, s, H] on the last stage -> (logprobs [b, s], entropy [b, s] or None)."""
         weight = _output_weight(self.gpt)
         v_local = weight.shape[0]
+        if hidden.dtype != weight.dtype:  # Float16Module hands the last stage's output back in fp32;
+            hidden = hidden.to(weight.dtype)  # matmul in the weight's dtype, as the output layer would
         return chunked_logprobs(
             hidden, weight, mb.labels, tp_group=self._tp_group(),
             vocab_start=self.info.tp_rank * v_local, vocab_size=self.vocab_size,
@@ -335,6 +339,21 @@ class MegatronPolicy:
 
     def unwrapped(self):
         return unwrap_model(self.model)
+
+
+def use_fused_torch_adam(optimizer) -> int:
+    """Without Transformer Engine / apex, megatron-core falls back to ``torch.optim.AdamW`` in its
+    default multi-tensor (foreach) mode -- DESIGN.md measured that fallback as the main gap to
+    HF + fused AdamW. Switch those optimizers to torch's fused kernel (CUDA; CPU since torch
+    2.4): same update rule on the same fp32 main params. Returns how many were switched."""
+    switched = 0
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if type(inner) is torch.optim.AdamW:  # not TE/apex FusedAdam subclasses
+            for group in inner.param_groups:
+                group["fused"], group["foreach"] = True, False
+            switched += 1
+    return switched
 
 
 def _pipeline_kwargs(pp: int) -> dict:
