@@ -28,6 +28,15 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.recipe, args.overrides)
+        if not args.dry_run:  # FP8 / Transformer Engine problems fail here, before vLLM or a model starts
+            from megatron_nft.megatron.policy import resolve_transformer_impl
+            from megatron_nft.megatron.precision import check_precision_supported
+
+            try:
+                check_precision_supported(cfg, resolve_transformer_impl(cfg.model.transformer_impl))
+            except RuntimeError as e:  # PrecisionError: names the keys and what to install
+                print(f"nft-train: {e}", file=sys.stderr)
+                return 2
         if args.dry_run:
             from megatron_nft.plan import dry_run
 

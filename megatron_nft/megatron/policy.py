@@ -11,6 +11,7 @@ token-mean, token-sum / constant) comes out exactly as if the whole batch were o
 """
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Optional, Sequence
 
@@ -25,6 +26,8 @@ from megatron_nft.megatron.batches import (MicroBatch, TrainSample, build_micro_
 from megatron_nft.megatron.logprobs import chunked_logprobs
 from megatron_nft.megatron.model import build_gpt_model, unwrap_model, vocab_size_of
 from megatron_nft.megatron.parallel import get_info
+from megatron_nft.megatron.precision import (check_precision_supported, mfu, model_flops_per_token, peak_flops,
+                                             precision_overrides, token_weighted_seq_len)
 
 
 def resolve_transformer_impl(impl: str) -> str:
@@ -75,6 +78,7 @@ class MegatronPolicy:
         bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else self.on_gpu
         self.bf16 = bool(bf16)
         self.transformer_impl = resolve_transformer_impl(cfg.model.transformer_impl)
+        check_precision_supported(cfg, self.transformer_impl)  # before any model is built
         self.explicit_mask = self.transformer_impl == "local"
         gpt = build_gpt_model(
             hf_config, transformer_impl=self.transformer_impl,
@@ -83,6 +87,7 @@ class MegatronPolicy:
             max_sequence_length=max_sequence_length,
             calculate_per_token_loss=True,
             **_pipeline_kwargs(self.info.pp),
+            **precision_overrides(cfg, transformer_impl=self.transformer_impl),
             **_recompute_kwargs(cfg.model.recompute),
         )
         gpt.to(self.info.device)
@@ -90,6 +95,7 @@ class MegatronPolicy:
         self.gpt = gpt
         self.tconfig = gpt.config
         self.vocab_size = vocab_size_of(gpt)
+        self._peak_flops = peak_flops() if self.on_gpu else None  # env NFT_PEAK_TFLOPS overrides
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True, overlap_grad_reduce=False,
             use_distributed_optimizer=cfg.parallel.distributed_optimizer,
@@ -219,6 +225,7 @@ class MegatronPolicy:
 
     def train_step(self, samples: Sequence[TrainSample]) -> dict:
         """One optimizer step on ``samples`` (the same list on every rank); returns metrics."""
+        t0 = time.perf_counter()
         info = self.info
         mine = self._my_shard(samples)
         shard = [samples[i] for i in mine]
@@ -268,7 +275,7 @@ class MegatronPolicy:
                 report += o["report"]
         report = self._reduce_report(report)
         loss_sum, n_tok, clip, n_neg, ratio_dev = report.tolist()
-        return {
+        return {**self._throughput(samples, time.perf_counter() - t0),
             "train/loss": loss_sum / max(n_tokens, 1),
             "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "train/lr": self.optimizer.param_groups[0]["lr"],
@@ -277,6 +284,17 @@ class MegatronPolicy:
             "train/neg_clip_frac": clip / n_neg if n_neg else 0.0,
             "train/ratio_abs_dev": ratio_dev / max(n_tok, 1),
         }
+
+    def _throughput(self, samples: Sequence[TrainSample], seconds: float) -> dict:
+        """Tokens/s of the step (all tokens the model processed, every rank) and model FLOPs
+        utilisation (``precision.model_flops_per_token``: 6N + attention, Megatron/PaLM style)."""
+        lengths = [len(s.tokens) for s in samples]
+        tps = sum(lengths) / max(seconds, 1e-9)
+        fpt = model_flops_per_token(self.gpt.nft_arch, token_weighted_seq_len(lengths))
+        out = {"perf/train_tokens_per_s": tps, "perf/tflops_per_device": tps * fpt / self.info.world_size / 1e12}
+        if self._peak_flops:
+            out["perf/mfu"] = mfu(tps, fpt, self._peak_flops, n_devices=self.info.world_size)
+        return out
 
     def _reduce_report(self, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
         """Reduce over DP on the last stage, then share with every rank (last stage -> all PP)."""
