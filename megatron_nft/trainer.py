@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_nft.config import RecipeConfig, dump_config
+from megatron_nft.data.batching import split_evenly
 from megatron_nft.megatron.batches import TrainSample
 from megatron_nft.metrics import MetricsLogger, plot_metrics
 from megatron_nft.rollout.collect import assign_advantages
@@ -184,14 +185,8 @@ def mini_batches(samples: list[TrainSample], k: int) -> list[list[TrainSample]]:
     for s in samples:
         groups.setdefault(s.group, []).append(s)
     glist = list(groups.values())
-    k = max(1, min(k, len(glist)))
-    size, extra = divmod(len(glist), k)
-    out, start = [], 0
-    for i in range(k):
-        end = start + size + (1 if i < extra else 0)
-        out.append([s for g in glist[start:end] for s in g])
-        start = end
-    return out
+    shards = split_evenly(len(glist), max(1, min(k, len(glist))))
+    return [[s for g in glist[r.start:r.stop] for s in g] for r in shards]
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -262,7 +257,12 @@ def run(cfg: RecipeConfig) -> dict:
         kind = cfg.rollout.engine
         if kind == "auto":
             kind = "vllm" if vllm_available() else "hf"
-        engine = make_engine(kind, hf_dir, tp=cfg.rollout.vllm_tp if kind == "vllm" else 1, seed=cfg.seed,
+        engine_dir = hf_dir
+        if not os.path.isfile(os.path.join(hf_dir, "config.json")):
+            # started from a megatron checkpoint: engines load HF directories, so give them one
+            engine_dir = os.path.join(out, "engine_init")
+            export_hf_dir(policy, engine_dir, hf_dir)
+        engine = make_engine(kind, engine_dir, tp=cfg.rollout.vllm_tp if kind == "vllm" else 1, seed=cfg.seed,
                              gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                              sleep_mode=cfg.rollout.sleep_mode,
                              max_model_len=cfg.rollout.max_prompt_tokens + cfg.rollout.max_response_tokens)
