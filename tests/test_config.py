@@ -103,5 +103,10 @@ def test_dump_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("recipe", sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml"))))
-def test_shipped_recipes_load(recipe):
-    load_config(recipe)
+def test_shipped_recipes_load(recipe, tmp_path):
+    cfg = load_config(recipe)
+    assert isinstance(cfg, RecipeConfig)
+    # what the recipe says survives a dump/load round trip (no key silently dropped)
+    p = tmp_path / "dump.yaml"
+    p.write_text(dump_config(cfg))
+    assert load_config(str(p)) == cfg

@@ -171,7 +171,7 @@ def _close(a, b, atol, rtol):
     assert torch.allclose(a, b, atol=atol, rtol=rtol), f"max abs diff {(a - b).abs().max()}"
 
 
-def _tp_worker(rank, world, port):
+def _tp_worker(rank, world, port, outdir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)  # 2 processes on a 2-core box: avoid oversubscription
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -200,6 +200,8 @@ def _tp_worker(rank, world, port):
             dist.all_reduce(gh_part, group=group)
             _close(gh_part, grads(ref_fn(labels, vocab), hidden, weight,
                                                       g_lp)[2], **TOL[dtype])
+        with open(os.path.join(outdir, f"rank{rank}.done"), "w") as f:
+            f.write(str(len(TP_CASES)))  # every case checked on this rank
     finally:
         dist.destroy_process_group()
 
@@ -211,5 +213,9 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_tp2_matches_single_process_reference():
-    mp.spawn(_tp_worker, args=(2, _free_port()), nprocs=2, join=True)
+def test_tp2_matches_single_process_reference(tmp_path):
+    # each rank raises on the first mismatch (mp.spawn re-raises it here) and records the
+    # number of cases it checked only after all of them passed
+    mp.spawn(_tp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        assert (tmp_path / f"rank{rank}.done").read_text() == str(len(TP_CASES))
