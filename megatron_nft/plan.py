@@ -178,9 +178,8 @@ def check(cfg: RecipeConfig, arch: Arch) -> tuple[list[str], list[str], dict]:
                      f"nodes is slow; prefer pipeline parallelism between nodes")
     layers = stage_layers(cfg, arch, errors)
     if par.virtual_pp:
-        if pp < 2 or any(x % par.virtual_pp for x in layers):
-            errors.append(f"parallel.virtual_pp: {par.virtual_pp} needs parallel.pp >= 2 and must divide the layers "
-                          f"per stage {layers}; set it to null or a divisor")
+        errors.append(f"parallel.virtual_pp: {par.virtual_pp}: the interleaved pipeline schedule is not supported "
+                      "by this trainer yet; set it to null (parallel.pp_layer_split balances uneven stages)")
     if par.sequence_parallel and tp == 1:
         warns.append("parallel.sequence_parallel has no effect at parallel.tp 1")
     if ro.vllm_tp < 1 or c.gpus_per_node % ro.vllm_tp:

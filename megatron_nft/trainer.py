@@ -239,6 +239,7 @@ def run(cfg: RecipeConfig) -> dict:
 
     total_updates = cfg.train.max_steps * cfg.train.updates_per_rollout
     policy = MegatronPolicy(cfg, hf_config, total_updates=total_updates)
+    log0(policy.describe())
     ckpt = latest_checkpoint(out)
     start_step, state = 0, {}
     if ckpt:

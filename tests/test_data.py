@@ -290,6 +290,32 @@ def test_pad_batch_and_split_evenly():
 
 
 @needs_dapo
+@pytest.mark.parametrize("multiple", [1, 2, 16])
+def test_micro_batches_padded_to_multiple_carry_the_same_loss_positions(multiple):
+    from megatron_nft.megatron.batches import TrainSample, build_micro_batches
+
+    rng = random.Random(multiple)
+    samples = []
+    for _ in range(9):
+        p, r = rng.randint(2, 9), rng.randint(1, 12)
+        samples.append(TrainSample(tokens=[rng.randrange(3, 99) for _ in range(p + r)], prompt_len=p,
+                                   old_logprobs=[-0.5] * r))
+    mbs = build_micro_batches(samples, micro_batch_tokens=40, pad_id=0, pad_to_multiple_of=multiple)
+    assert sorted(i for mb in mbs for i in mb.indices) == list(range(9))
+    for mb in mbs:
+        b, s = mb.tokens.shape
+        longest = max(len(samples[i].tokens) for i in mb.indices)
+        assert s % multiple == 0 and longest <= s < longest + multiple
+        assert mb.attention_mask.shape[-1] == s and mb.position_ids.shape == (b, s)
+        for row, i in enumerate(mb.indices):
+            smp = samples[i]
+            n, p = len(smp.tokens), smp.prompt_len
+            assert mb.tokens[row, :n].tolist() == smp.tokens and not mb.tokens[row, n:].any()
+            # loss exactly on the positions that predict response tokens, nothing in the padding
+            assert mb.loss_mask[row].nonzero().flatten().tolist() == list(range(p - 1, n - 1))
+            assert mb.labels[row, p - 1:n - 1].tolist() == smp.tokens[p:]
+
+
 def test_prepare_data_dedupes_and_reports(tok, tmp_path, capsys):
     tokenizer, _ = tok
     rows = _hub_rows(30)

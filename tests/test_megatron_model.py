@@ -31,17 +31,6 @@ def tiny(tmp_path_factory):
             "ids": ids}
 
 
-@pytest.fixture(scope="module")
-def world1():
-    """A world of one (gloo) in the test process; torn down (shim included) afterwards."""
-    from megatron_nft.megatron import cpu_shim, parallel
-
-    info = parallel.init_distributed(1, 1, seed=0)
-    yield info
-    parallel.destroy()
-    cpu_shim.deactivate()
-
-
 # ------------------------------------------------------------------ config / validation
 def test_parse_qwen2_config(tiny):
     a = mm.parse_hf_config(tiny["qwen"])
@@ -64,6 +53,38 @@ def test_parallel_validation_names_keys(tiny):
         mm.validate_parallel(arch, 4, 1)
     with pytest.raises(ValueError, match=r"parallel\.pp=3.*layers"):
         mm.validate_parallel(arch, 1, 3)
+
+
+def test_uneven_pipeline_split(tiny):
+    from megatron.core.transformer.pipeline_parallel_layer_layout import PipelineParallelLayerLayout
+
+    arch = mm.parse_hf_config(tiny["qwen"])  # 4 layers
+    mm.validate_parallel(arch, 1, 2, "1,3")
+    mm.validate_parallel(arch, 1, 3, [1, 1, 2])  # 3 stages: even layers per stage impossible
+    for pp, bad in ((2, "3,3"), (2, "4"), (2, "0,4"), (3, [2, 2, 0])):
+        with pytest.raises(ValueError, match=r"parallel\.pp_layer_split"):
+            mm.validate_parallel(arch, 1, pp, bad)
+    with pytest.raises(ValueError, match="comma-separated"):
+        mm.parse_layer_split("1;3")
+    # megatron's own parser is the reference for the layout string
+    for split in ([1, 3], [15, 17], [3, 4, 4, 5]):
+        layout = PipelineParallelLayerLayout(mm.pipeline_layout(split), len(split))
+        layout.validate_layer_layout(num_layers=sum(split), mtp_num_layers=None)
+        stages = [sum(1 for t in layout.layout[r][0] if t.name == "decoder") for r in range(len(split))]
+        assert stages == split
+
+
+def test_tp_rms_norm_formula_and_sequence_parallel_flag():
+    from types import SimpleNamespace
+
+    x = torch.randn(5, 3, 8, dtype=torch.float64)
+    norm = mm.TPRMSNorm(SimpleNamespace(sequence_parallel=True), 8, eps=1e-6).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 8))
+    ref = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * torch.linspace(0.5, 2.0, 8).double()
+    torch.testing.assert_close(norm(x), ref, rtol=1e-12, atol=1e-12)
+    assert norm.weight.sequence_parallel is True  # finalize_model_grads all-reduces it over TP
+    assert mm.TPRMSNorm(SimpleNamespace(sequence_parallel=False), 8).weight.sequence_parallel is False
 
 
 def test_padded_vocab():

@@ -84,6 +84,7 @@ def test_pp_not_dividing_layers_and_layer_split(capsys):
     ("train.prompts_per_step=500", "train.prompts_per_step"),  # 8000 / 16 = 500 answers, DP 8
     ("algorithm.overlong_buffer=20000", "algorithm.overlong_buffer"),
     ("rollout.gpu_memory_utilization=0.2", "rollout.gpu_memory_utilization"),  # no KV room
+    ("parallel.virtual_pp=2", "parallel.virtual_pp"),  # not implemented: refused, never ignored
 ])
 def test_invalid_settings_name_the_key(capsys, setting, key):
     rc, _, err = dry(capsys, R32, setting)

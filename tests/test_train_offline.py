@@ -80,12 +80,19 @@ def _update_error(a, b, init):
 def test_layouts_agree_and_outputs_exist(setup):
     tmp, hf, data, recipe = setup
     init = _weights(hf)
-    runs = {}
+    runs, logs = {}, {}
+    sp_split = ["parallel.tp=2", "parallel.pp=2", "parallel.sequence_parallel=true", "parallel.pp_layer_split=1,3"]
     for name, nproc, sets in [("tp1pp1", 1, []), ("tp2pp2", 4, ["parallel.tp=2", "parallel.pp=2"]),
+                              ("tp2sp_pp2split", 4, sp_split),
                               ("dp2", 2, []), ("unfused_adam", 1, ["train.fused_adam=false"])]:
         out = tmp / name
-        _train(nproc, recipe, f"output.dir={out}", *sets)
+        logs[name] = _train(nproc, recipe, f"output.dir={out}", *sets).stdout
         runs[name] = (out, _metrics(out))
+    # the layout really is what the recipe asked for (as built, gathered over the PP group)
+    assert "layers per pipeline stage [4]; sequence parallel off; micro-batch length multiple 1" in logs["tp1pp1"]
+    assert "layers per pipeline stage [2, 2]; sequence parallel off" in logs["tp2pp2"]
+    assert ("layers per pipeline stage [1, 3]; sequence parallel on; micro-batch length multiple 2"
+            in logs["tp2sp_pp2split"])
     base_out, base = runs["tp1pp1"]
     row = base[-1]
     for key in ("step", "train/loss", "train/grad_norm", "train/lr", "train/tokens"):
@@ -96,7 +103,7 @@ def test_layouts_agree_and_outputs_exist(setup):
     ref_w = _weights(base_out / "hf")
     assert set(ref_w) == set(init)
     assert any(not torch.equal(ref_w[k], init[k]) for k in init), "training changed nothing"
-    for name in ("tp2pp2", "dp2", "unfused_adam"):
+    for name in ("tp2pp2", "tp2sp_pp2split", "dp2", "unfused_adam"):
         out, m = runs[name]
         assert m[-1]["train/grad_norm"] == pytest.approx(row["train/grad_norm"], rel=1e-4), name
         assert m[-1]["train/loss"] == pytest.approx(row["train/loss"], rel=1e-4, abs=1e-7), name

@@ -21,16 +21,6 @@ def qwen2_config(tied: bool) -> dict:
             "max_position_embeddings": 128, "hidden_act": "silu"}
 
 
-@pytest.fixture(scope="module")
-def world1():
-    from megatron_nft.megatron import cpu_shim, parallel
-
-    info = parallel.init_distributed(1, 1, seed=0)
-    yield info
-    parallel.destroy()
-    cpu_shim.deactivate()
-
-
 @pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
 def model(request, world1):
     from megatron_nft.megatron.model import build_gpt_model

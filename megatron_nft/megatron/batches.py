@@ -79,15 +79,19 @@ def dp_shard(lengths: Sequence[int], dp_rank: int, dp_size: int) -> list[int]:
 
 
 def build_micro_batches(samples: Sequence[TrainSample], *, micro_batch_tokens: int, pad_id: int = 0,
-                        token_weights: Optional[Sequence[float]] = None, explicit_mask: bool = True
-                        ) -> list[MicroBatch]:
+                        token_weights: Optional[Sequence[float]] = None, explicit_mask: bool = True,
+                        pad_to_multiple_of: int = 1) -> list[MicroBatch]:
     """Pack ``samples`` into micro-batches. ``token_weights[k]`` is the per-token aggregation
-    weight of sample ``k`` (default 1 = token sum; the trainer passes global-mean weights)."""
+    weight of sample ``k`` (default 1 = token sum; the trainer passes global-mean weights).
+    The padded length of every micro-batch is a multiple of ``pad_to_multiple_of`` (sequence
+    parallelism splits the sequence over TP ranks; FP8 GEMMs need 16-aligned token counts);
+    padded positions carry no loss."""
     lengths = [len(s.tokens) for s in samples]
+    m = max(1, int(pad_to_multiple_of))
     out = []
     for idx in pack_micro_batches(lengths, micro_batch_tokens):
         rows = [samples[i] for i in idx]
-        b, s = len(rows), max(len(r.tokens) for r in rows)
+        b, s = len(rows), -(-max(len(r.tokens) for r in rows) // m) * m
         tokens = torch.full((b, s), pad_id, dtype=torch.long)
         labels = torch.full((b, s), pad_id, dtype=torch.long)
         loss_mask = torch.zeros(b, s)

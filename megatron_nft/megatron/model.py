@@ -155,8 +155,8 @@ def padded_vocab_size(vocab_size: int, tp: int = 1, divisible_by: int = 128) -> 
     return int(math.ceil(vocab_size / m) * m)
 
 
-def validate_parallel(arch: ModelArch, tp: int, pp: int) -> None:
-    """Errors name the recipe keys ``parallel.tp`` / ``parallel.pp``."""
+def validate_parallel(arch: ModelArch, tp: int, pp: int, pp_layer_split=None) -> None:
+    """Errors name the recipe keys ``parallel.tp`` / ``parallel.pp`` / ``parallel.pp_layer_split``."""
     if arch.num_attention_heads % tp:
         raise ValueError(
             f"parallel.tp={tp} must divide the number of attention heads "
@@ -168,8 +168,36 @@ def validate_parallel(arch: ModelArch, tp: int, pp: int) -> None:
         )
     if arch.ffn_hidden_size % tp:
         raise ValueError(f"parallel.tp={tp} must divide intermediate_size ({arch.ffn_hidden_size})")
-    if arch.num_layers % pp:
-        raise ValueError(f"parallel.pp={pp} must divide the number of layers ({arch.num_layers})")
+    if pp_layer_split is not None:
+        parts = parse_layer_split(pp_layer_split)
+        if len(parts) != pp or sum(parts) != arch.num_layers or min(parts) < 1:
+            raise ValueError(
+                f"parallel.pp_layer_split={pp_layer_split!r} must have parallel.pp={pp} entries >= 1 "
+                f"summing to the number of layers ({arch.num_layers})")
+    elif arch.num_layers % pp:
+        raise ValueError(f"parallel.pp={pp} must divide the number of layers ({arch.num_layers}); "
+                         "or set parallel.pp_layer_split (layers per stage, e.g. '15,17')")
+
+
+def parse_layer_split(split) -> list[int]:
+    """``"15,17"`` / ``[15, 17]`` -> ``[15, 17]`` (layers per pipeline stage)."""
+    if isinstance(split, str):
+        try:
+            return [int(x) for x in split.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise ValueError(f"parallel.pp_layer_split={split!r} is not a comma-separated list of "
+                             "integers") from None
+    return [int(x) for x in split]
+
+
+def pipeline_layout(split) -> str:
+    """megatron ``pipeline_model_parallel_layout`` for layers per stage: ``[1, 3]`` ->
+    ``"Et*1|t*3L"`` (E = embedding on the first stage, L = loss/output on the last)."""
+    parts = parse_layer_split(split)
+    stages = [f"t*{n}" for n in parts]
+    stages[0] = "E" + stages[0]
+    stages[-1] = stages[-1] + "L"
+    return "|".join(stages)
 
 
 def default_params_dtype() -> torch.dtype:
@@ -181,7 +209,8 @@ def build_transformer_config(arch: ModelArch, *, tp: int, pp: int, params_dtype=
     """megatron TransformerConfig for ``arch`` (``overrides`` are TransformerConfig fields)."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    validate_parallel(arch, tp, pp)
+    if not overrides.get("pipeline_model_parallel_layout"):
+        validate_parallel(arch, tp, pp)
     params_dtype = params_dtype or default_params_dtype()
     kw = dict(
         num_layers=arch.num_layers,
@@ -248,9 +277,27 @@ def get_layer_spec(transformer_impl: str = "local"):
             )
         return specs.get_gpt_layer_with_transformer_engine_spec()
     spec = copy.deepcopy(specs.get_gpt_layer_local_spec(normalization="RMSNorm"))
+    spec.submodules.input_layernorm = TPRMSNorm
+    spec.submodules.pre_mlp_layernorm = TPRMSNorm
     if transformer_impl == "sdpa":
         spec.submodules.self_attention.submodules.core_attention = _sdpa_class()
     return spec
+
+
+class TPRMSNorm(torch.nn.RMSNorm):
+    """torch RMSNorm built the way megatron builds its norms, usable with sequence parallelism.
+
+    megatron-core's ``WrappedTorchNorm`` refuses ``sequence_parallel`` (only TE / apex norms
+    support it). The norm itself needs nothing special: its input is already this rank's
+    sequence slice. What SP needs is that the weight's grad, computed from 1/TP of the tokens,
+    is summed over TP: the ``sequence_parallel`` attribute makes ``finalize_model_grads``
+    all-reduce it (as megatron's ``FusedLayerNorm`` marks its weight). Same parameter name and
+    checkpoint keys as ``WrappedTorchNorm``.
+    """
+
+    def __init__(self, config, hidden_size: int, eps: float = 1e-5, **_unused):
+        super().__init__(hidden_size, eps=eps)
+        self.weight.sequence_parallel = bool(getattr(config, "sequence_parallel", False))
 
 
 def _sdpa_has_gqa() -> bool:
@@ -357,6 +404,7 @@ def build_gpt_model(
     pre_process: bool | None = None,
     post_process: bool | None = None,
     vp_stage: int | None = None,
+    pp_layer_split=None,
     parallel_output: bool = True,
     make_vocab_size_divisible_by: int = 128,
     perform_initialization: bool = True,
@@ -371,12 +419,24 @@ def build_gpt_model(
     arch = parse_hf_config(cfg)
     tp = ps.get_tensor_model_parallel_world_size()
     pp = ps.get_pipeline_model_parallel_world_size()
-    validate_parallel(arch, tp, pp)
+    if pp_layer_split is not None and pp == 1:
+        pp_layer_split = None
+    validate_parallel(arch, tp, pp, pp_layer_split)
     spec = get_layer_spec(transformer_impl)  # raises before building anything
+    if pp_layer_split is not None:
+        config_overrides["pipeline_model_parallel_layout"] = pipeline_layout(pp_layer_split)
     tcfg = build_transformer_config(
         arch, tp=tp, pp=pp, params_dtype=params_dtype,
         perform_initialization=perform_initialization, **config_overrides,
     )
+    if transformer_impl != "transformer_engine":
+        # megatron picks the final norm itself (WrappedTorchNorm without apex/TE), which refuses
+        # sequence parallelism: hand it the block spec with our norm instead.
+        from megatron.core.transformer.transformer_block import (
+            TransformerBlockSubmodules, get_num_layers_to_build)
+
+        n_layers = get_num_layers_to_build(tcfg, vp_stage=vp_stage)
+        spec = TransformerBlockSubmodules(layer_specs=[spec] * n_layers, layer_norm=TPRMSNorm)
     if pre_process is None:
         pre_process = ps.is_pipeline_first_stage()
     if post_process is None:

@@ -11,6 +11,7 @@ token-mean, token-sum / constant) comes out exactly as if the whole batch were o
 """
 from __future__ import annotations
 
+import math
 import time
 from functools import partial
 from typing import Optional, Sequence
@@ -26,7 +27,7 @@ from megatron_nft.megatron.batches import (MicroBatch, TrainSample, build_micro_
 from megatron_nft.megatron.logprobs import chunked_logprobs
 from megatron_nft.megatron.model import build_gpt_model, unwrap_model, vocab_size_of
 from megatron_nft.megatron.parallel import get_info
-from megatron_nft.megatron.precision import (check_precision_supported, mfu, model_flops_per_token, peak_flops,
+from megatron_nft.megatron.precision import (check_precision_supported, fp8_align_size, mfu, model_flops_per_token, peak_flops,
                                              precision_overrides, token_weighted_seq_len)
 
 
@@ -50,6 +51,13 @@ def _patch_output_layer(gpt) -> None:
         return
 
     def hidden_out(hidden_states, weight=None, runtime_gather_output=None):
+        if gpt.config.sequence_parallel:
+            # [s/TP, b, H] -> [s, b, H]; chunked_logprobs returns the full (TP-summed) grad of
+            # its input, so the backward only has to take this rank's slice of it.
+            from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+
+            hidden_states = gather_from_sequence_parallel_region(
+                hidden_states, tensor_parallel_output_grad=False)
         return hidden_states, None
 
     gpt.output_layer.forward = hidden_out
@@ -80,12 +88,20 @@ class MegatronPolicy:
         self.transformer_impl = resolve_transformer_impl(cfg.model.transformer_impl)
         check_precision_supported(cfg, self.transformer_impl)  # before any model is built
         self.explicit_mask = self.transformer_impl == "local"
+        if cfg.parallel.virtual_pp:
+            raise ValueError("parallel.virtual_pp (interleaved pipeline schedule) is not supported by "
+                             "this trainer yet; set it to null (parallel.pp_layer_split balances stages)")
+        self.sequence_parallel = bool(cfg.parallel.sequence_parallel) and self.info.tp > 1
+        # padded micro-batch length: SP splits the sequence over TP; FP8 GEMMs want 16 | tokens
+        self.pad_multiple = math.lcm(self.info.tp if self.sequence_parallel else 1, fp8_align_size(cfg))
         gpt = build_gpt_model(
             hf_config, transformer_impl=self.transformer_impl,
             params_dtype=torch.bfloat16 if self.bf16 else torch.float32,
             make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
             max_sequence_length=max_sequence_length,
             calculate_per_token_loss=True,
+            sequence_parallel=self.sequence_parallel,
+            pp_layer_split=cfg.parallel.pp_layer_split,
             **_pipeline_kwargs(self.info.pp),
             **precision_overrides(cfg, transformer_impl=self.transformer_impl),
             **_recompute_kwargs(cfg.model.recompute),
@@ -168,7 +184,8 @@ class MegatronPolicy:
 
     def _micro_batches(self, samples: Sequence[TrainSample], weights=None) -> list[MicroBatch]:
         mbs = build_micro_batches(samples, micro_batch_tokens=self.cfg.train.micro_batch_tokens,
-                                  token_weights=weights, explicit_mask=self.explicit_mask)
+                                  token_weights=weights, explicit_mask=self.explicit_mask,
+                                  pad_to_multiple_of=self.pad_multiple)
         return [m.to(self.info.device) for m in mbs]
 
     def _my_shard(self, samples: Sequence[TrainSample]) -> list[int]:
@@ -357,6 +374,21 @@ class MegatronPolicy:
 
     def unwrapped(self):
         return unwrap_model(self.model)
+
+    def describe(self) -> str:
+        """One line on the model as built (collective over the PP group): layers per pipeline
+        stage, sequence parallelism, micro-batch length multiple, precision."""
+        from megatron.core import parallel_state as ps
+
+        n = len(unwrap_model(self.model).decoder.layers)
+        stages = [n] * self.info.pp
+        if self.info.pp > 1:
+            dist.all_gather_object(stages, n, group=ps.get_pipeline_model_parallel_group())
+        fp8 = self.cfg.precision.fp8
+        return (f"[nft] model: {self.transformer_impl} spec, layers per pipeline stage {stages}; "
+                f"sequence parallel {'on' if self.sequence_parallel else 'off'}; micro-batch length "
+                f"multiple {self.pad_multiple}; {'bf16' if self.bf16 else 'fp32'}"
+                f"{f' + fp8 {fp8}/{self.cfg.precision.fp8_recipe}' if fp8 else ''}")
 
 
 def use_fused_torch_adam(optimizer) -> int:
