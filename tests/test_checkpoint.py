@@ -242,3 +242,61 @@ def test_cli_tp_not_dividing_heads(qwen_dir, tmp_path, capsys):
                              "--tp", 3], capsys)
     assert rc != 0 and "parallel.tp=3" in err and "attention heads" in err
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ local <-> TE checkpoint keys
+def test_local_checkpoint_uses_te_names_and_loads_without_te_extra_state(qwen_dir, world1, capsys):
+    """A TE-spec model asks a checkpoint for each fused module's ``_extra_state`` (FP8 scales,
+    a ShardedObject). Checkpoints we write without TE have none: loading must still work, and
+    the norms must be stored under TE's names. Real megatron dist checkpointing; the TE side is
+    represented by the ShardedObjects a TE model requests beyond the local spec (TE itself
+    cannot exist here)."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    from megatron_nft.checkpoint import convert as C
+    from megatron_nft.megatron.model import build_gpt_model
+
+    hf, ck = qwen_dir / "hf", qwen_dir / "mcore_local"
+    src = build_gpt_model(hf, transformer_impl="local", params_dtype=torch.float32)
+    C.load_hf_into_model([src], hf, progress=False)
+    C.save_dist_checkpoint([src], ck, hf_dir=hf, overwrite=True)
+    keys = set(dist_checkpointing.load_tensors_metadata(str(ck)))
+    assert "decoder.layers.self_attention.linear_qkv.layer_norm_weight" in keys  # TE names
+    assert "decoder.layers.mlp.linear_fc1.layer_norm_weight" in keys
+    assert not any("input_layernorm" in k or "pre_mlp_layernorm" in k for k in keys)
+
+    def with_request(model, extra):
+        orig = model.sharded_state_dict
+
+        def sharded_state_dict(*a, **kw):
+            sd = orig(*a, **kw)
+            sd.update(extra)
+            return sd
+        model.sharded_state_dict = sharded_state_dict
+        return model
+
+    # what TE's fused core attention requests on top of the local spec (megatron's own linear
+    # layers already write TE-compatible None ``_extra_state`` entries): one ShardedObject per
+    # layer under the stacked key, built the way megatron builds its linear layers' ones
+    base = src.sharded_state_dict()
+    fp8_meta = {}
+    for i in range(4):
+        lin = base[f"decoder.layers.{i}.self_attention.linear_proj._extra_state"]
+        assert isinstance(lin, ShardedObject) and lin.data is None
+        key = lin.key.replace("linear_proj", "core_attention")
+        fp8_meta[f"decoder.layers.{i}.self_attention.core_attention._extra_state"] = ShardedObject(
+            key, None, lin.global_shape, lin.global_offset, lin.replica_id)
+    dst = with_request(build_gpt_model(hf, transformer_impl="local", params_dtype=torch.float32), fp8_meta)
+    C.load_dist_checkpoint([dst], ck)
+    assert "FP8 scaling state starts fresh" in capsys.readouterr().out
+    for (n, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items()):
+        if torch.is_tensor(a):
+            assert torch.equal(a, b), n
+
+    w = torch.zeros(4)
+    from megatron.core.dist_checkpointing import ShardedTensor
+    missing = {"decoder.layers.0.extra.weight": ShardedTensor.from_rank_offsets("decoder.layers.0.extra.weight", w)}
+    other = with_request(build_gpt_model(hf, transformer_impl="local", params_dtype=torch.float32), missing)
+    with pytest.raises(C.ConversionError, match="lacks 1 entry.*decoder.layers.0.extra.weight"):
+        C.load_dist_checkpoint([other], ck)

@@ -304,19 +304,45 @@ def read_checkpoint_info(ckpt_dir) -> tuple[dict, dict]:
     return json.loads((d / HF_CONFIG_FILE).read_text()), meta
 
 
+EXTRA_STATE = "_extra_state"  # TE modules' FP8 metadata (a ShardedObject per module)
+
+
 def load_dist_checkpoint(model_chunks, ckpt_dir, *, strict: bool = True,
                          extra_state: dict | None = None) -> dict:
     """Loads a dist checkpoint into ``model_chunks`` at the current TP/PP (resharding as
-    needed); returns the loaded state (extra entries such as optimizer state included)."""
+    needed); returns the loaded state (extra entries such as optimizer state included).
+
+    Checkpoints are interchangeable between layer specs: the local / sdpa specs save their
+    norms under Transformer Engine's names (megatron's ``sharded_state_dict_keys_map``), a TE
+    model reads a local-spec checkpoint (its FP8 ``_extra_state`` -- scales, amax history --
+    is absent and starts fresh) and a local model reads a TE checkpoint (the ``_extra_state``
+    entries are simply not requested). Any other tensor the model needs and the checkpoint
+    lacks is an error naming it.
+    """
     from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.validation import StrictHandling
 
     state = _sharded_state(model_chunks)
     if extra_state:
         state.update(extra_state)
-    loaded = dist_checkpointing.load(state, str(Path(ckpt_dir).absolute()))
+    # megatron's "unexpected" keys: requested here but not in the checkpoint (dropped from the load)
+    loaded, _, absent = dist_checkpointing.load(state, str(Path(ckpt_dir).absolute()),
+                                                strict=StrictHandling.RETURN_UNEXPECTED)
+    absent = sorted(absent)
+    lacking = [k for k in absent if not k.endswith(EXTRA_STATE)]
+    if lacking:
+        raise ConversionError(
+            f"checkpoint {ckpt_dir} lacks {len(lacking)} entr{'y' if len(lacking) == 1 else 'ies'} the model "
+            f"needs, e.g. {lacking[:3]} (a different architecture, or a checkpoint of another kind?)")
+    if absent and _rank0():
+        print(f"[checkpoint] {ckpt_dir}: no {EXTRA_STATE} for {len(absent)} module(s) (checkpoint written "
+              "without Transformer Engine); FP8 scaling state starts fresh", flush=True)
     for i, m in enumerate(_chunks(model_chunks)):
         key = "model" if "model" in loaded and len(_chunks(model_chunks)) == 1 else f"model{i}"
-        m.load_state_dict(loaded[key], strict=strict)
+        res = m.load_state_dict(loaded[key], strict=False)
+        bad = [k for k in res.missing_keys if not k.endswith(EXTRA_STATE)] + list(res.unexpected_keys)
+        if strict and bad:
+            raise ConversionError(f"checkpoint {ckpt_dir} does not match the model: {bad[:5]}")
     return loaded
 
 
