@@ -104,6 +104,7 @@ def build_tiny_base(cfg: RecipeConfig, log=print) -> str:
     sft_cfg.train.weight_decay = 0.0
     policy = MegatronPolicy(sft_cfg, hf_config, total_updates=t.sft_steps)
     load_hf_into_model([policy.unwrapped()], tmp)
+    policy.weights_loaded()
     samples = _sft_samples(cfg, tokenizer, t.sft_steps * t.sft_batch)
     for step in range(t.sft_steps):
         m = policy.train_step(samples[step * t.sft_batch:(step + 1) * t.sft_batch])

@@ -103,6 +103,7 @@ def load_initial_weights(policy, path: str) -> None:
         load_dist_checkpoint([policy.unwrapped()], path)
     else:
         load_hf_into_model([policy.unwrapped()], path)
+    policy.weights_loaded()
 
 
 def export_hf_dir(policy, out_dir: str, src_dir: str) -> None:

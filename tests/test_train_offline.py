@@ -84,7 +84,8 @@ def test_layouts_agree_and_outputs_exist(setup):
     sp_split = ["parallel.tp=2", "parallel.pp=2", "parallel.sequence_parallel=true", "parallel.pp_layer_split=1,3"]
     for name, nproc, sets in [("tp1pp1", 1, []), ("tp2pp2", 4, ["parallel.tp=2", "parallel.pp=2"]),
                               ("tp2sp_pp2split", 4, sp_split),
-                              ("dp2", 2, []), ("unfused_adam", 1, ["train.fused_adam=false"])]:
+                              ("dp2", 2, []), ("unfused_adam", 1, ["train.fused_adam=false"]),
+                              ("bf16", 1, ["train.bf16=true"])]:
         out = tmp / name
         logs[name] = _train(nproc, recipe, f"output.dir={out}", *sets).stdout
         runs[name] = (out, _metrics(out))
@@ -103,6 +104,15 @@ def test_layouts_agree_and_outputs_exist(setup):
     ref_w = _weights(base_out / "hf")
     assert set(ref_w) == set(init)
     assert any(not torch.equal(ref_w[k], init[k]) for k in init), "training changed nothing"
+    # bf16 (the GPU default): the optimizer's fp32 main params must start from the loaded
+    # weights, not the random init. Same step as fp32 up to bf16 rounding; before the fix the
+    # first update replaced the model (ratio deviation 0.72 vs 0.037; update error ~100, as the
+    # random init is ~0.08 away per weight and an update ~1e-3). The exported weights are bf16,
+    # whose rounding (~3e-4 at 0.08) alone gives ~0.3 here.
+    out, m = runs["bf16"]
+    assert m[-1]["train/grad_norm"] == pytest.approx(row["train/grad_norm"], rel=2e-2)
+    assert m[-1]["train/ratio_abs_dev"] == pytest.approx(row["train/ratio_abs_dev"], rel=0.1)
+    assert _update_error(_weights(out / "hf"), ref_w, init) <= 0.5
     for name in ("tp2pp2", "tp2sp_pp2split", "dp2", "unfused_adam"):
         out, m = runs[name]
         assert m[-1]["train/grad_norm"] == pytest.approx(row["train/grad_norm"], rel=1e-4), name
@@ -111,13 +121,16 @@ def test_layouts_agree_and_outputs_exist(setup):
         assert _update_error(_weights(out / "hf"), ref_w, init) <= 2e-2, name
 
 
-def test_resume_equals_uninterrupted(setup):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_equals_uninterrupted(setup, precision):
+    """bf16 keeps fp32 main params in the optimizer: they must come back on resume."""
     tmp, hf, data, recipe = setup
-    full, part = tmp / "full", tmp / "part"
-    _train(1, recipe, f"output.dir={full}", "train.max_steps=4", "train.prompts_per_step=2")
-    _train(1, recipe, f"output.dir={part}", "train.max_steps=2", "train.prompts_per_step=2")
+    full, part = tmp / f"full_{precision}", tmp / f"part_{precision}"
+    common = ["train.prompts_per_step=2", f"train.bf16={'true' if precision == 'bf16' else 'false'}"]
+    _train(1, recipe, f"output.dir={full}", "train.max_steps=4", *common)
+    _train(1, recipe, f"output.dir={part}", "train.max_steps=2", *common)
     assert (part / "checkpoints" / "step_00000002" / "trainer_state.json").exists()
-    p = _train(1, recipe, f"output.dir={part}", "train.max_steps=4", "train.prompts_per_step=2")
+    p = _train(1, recipe, f"output.dir={part}", "train.max_steps=4", *common)
     assert "resumed from" in p.stdout
     a, b = _weights(full / "hf"), _weights(part / "hf")
     assert set(a) == set(b)

@@ -154,9 +154,11 @@ def load_checkpoint(policy, path: str) -> dict:
     loaded = dist_checkpointing.load(_sharded_state(policy, True, with_opt), os.path.join(path, "dist"))
     with torch.no_grad():  # fp32 main params are views of the (grad-requiring) model params
         policy.unwrapped().load_state_dict(loaded["model"])
-        if with_opt:
+        if with_opt:  # restores the fp32 main params too
             policy.optimizer.load_state_dict(loaded["optimizer"])
             _set_adam_step(policy.optimizer, float(state.get("adam_step", policy.updates)))
+        else:
+            policy.weights_loaded()
     policy.scheduler.num_steps = 0  # load_state_dict *adds* the saved step count
     policy.scheduler.load_state_dict(state["scheduler"])
     policy.updates = int(state["updates"])

@@ -375,6 +375,17 @@ class MegatronPolicy:
     def unwrapped(self):
         return unwrap_model(self.model)
 
+    @torch.no_grad()
+    def weights_loaded(self) -> None:
+        """Call after writing model parameters directly (HF weights, a converted checkpoint).
+
+        With bf16 the optimizer keeps its own fp32 main copy of every parameter, taken when the
+        optimizer was built (random init); the next step would compute ``main - lr*update`` and
+        copy it back, silently replacing the loaded weights. Re-read the main copies from the
+        model (fp32 training shares the tensors, and this is a no-op copy)."""
+        if getattr(self, "optimizer", None) is not None:
+            self.optimizer.reload_model_params()
+
     def describe(self) -> str:
         """One line on the model as built (collective over the PP group): layers per pipeline
         stage, sequence parallelism, micro-batch length multiple, precision."""
