@@ -19,25 +19,30 @@ Parts (``--parts``, default all):
                 hf-amp    HF Qwen2, fp32 weights + autocast(bf16) + fused AdamW -- the
                           like-for-like "fp32 main weights" baseline.
               Both HF variants use the same chunked log-prob loss as ours (so the comparison is
-              model + optimizer, not the loss) and clip grads at 1.0 like ours. With no
-              transformers, RefQwen2 replaces HF (rows say so).
+              model + optimizer, not the loss; hf-amp feeds it bf16 hidden/weight so that its
+              backward GEMMs are bf16 too) and clip grads at 1.0 like ours. Without a usable
+              transformers (or if its Qwen2 fails to build), RefQwen2 replaces HF (rows say so).
+              Ratios: best of ``--steps`` timed steps after ``--warmup``, all from this run.
 * ``logprob`` chunked (recomputing) vs. materialised log-probs, T=16k V=152k H=3584 bf16 (GPU):
               runs ``benchmarks/logprob_memory.py``'s workers (max_memory_allocated, time).
 
     python benchmarks/gpu_step_bench.py                      # cuda, everything (~4 min on H100)
     python benchmarks/gpu_step_bench.py --device cpu --tiny  # CPU smoke of the same code
-    python benchmarks/gpu_step_bench.py --shape qwen2.5-7b --samples 2 --parts step
+    python benchmarks/gpu_step_bench.py --shape qwen2.5-0.5b --samples 8 --parts step
+    (qwen2.5-7b does not fit one GPU here: fp32 main weights + Adam + bf16 weights + fp32 grads
+    are ~18 bytes/param = ~137 GB before activations, for ours and for hf-amp alike)
 
-Prints a table per part and a markdown block to paste into benchmarks/RESULTS.md. Exit code 1
-if the fp32 equivalence check fails or a part crashed, else 0.
+Prints a table per part (with its time) and a markdown block to paste into benchmarks/RESULTS.md.
+Every worker (and log-prob variant) runs under ``--worker-timeout``; a failed one is a FAILED row
+and the rest goes on. On SIGTERM (gpu_check.sh's time limit) the results so far are printed.
+Exit code 1 if the fp32 equivalence check fails or anything failed, else 0.
 """
 import argparse
-import contextlib
 import datetime
-import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -46,258 +51,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-# name: (hidden, layers, heads, kv_heads, head_dim, ffn, vocab, tied)
-SHAPES = {
-    "qwen2.5-0.5b": (896, 24, 14, 2, 64, 4864, 151936, True),
-    "qwen2.5-1.5b": (1536, 28, 12, 2, 128, 8960, 151936, True),
-    "qwen2.5-7b": (3584, 28, 28, 4, 128, 18944, 152064, False),
-    "tiny": (128, 2, 4, 2, 32, 352, 1024, False),
-    "equiv": (256, 4, 8, 2, 32, 704, 4096, False),     # equivalence check (both devices)
-}
-GIB = 1 << 30
+from step_workers import GIB, SHAPES, WORKERS, hf_config  # noqa: E402
+from ref_models import reference_kind, transformers_problem  # noqa: E402
 
-
-def hf_config(shape: str, max_pos: int = 32768) -> dict:
-    h, L, nq, nkv, d, f, v, tied = SHAPES[shape]
-    return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": h,
-            "intermediate_size": f, "num_hidden_layers": L, "num_attention_heads": nq,
-            "num_key_value_heads": nkv, "head_dim": d, "vocab_size": v, "rms_norm_eps": 1e-6,
-            "rope_theta": 1000000.0, "tie_word_embeddings": tied,
-            "max_position_embeddings": max_pos, "hidden_act": "silu"}
-
-
-from ref_models import build_reference, have, reference_kind  # noqa: E402
-
-
-# ------------------------------------------------------------------ helpers
-def _sync(dev):
-    import torch
-
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def _reset_peak(dev):
-    import torch
-
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-
-
-def _peak_gib(dev):
-    import torch
-
-    if dev.type == "cuda":
-        return torch.cuda.max_memory_allocated(dev) / GIB
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # process RSS peak
-
-
-def make_recipe(args, *, bf16: bool):
-    from megatron_nft.config import load_config
-
-    sets = ["model.transformer_impl=sdpa", f"train.bf16={'true' if bf16 else 'false'}",
-            f"train.micro_batch_tokens={args.micro_batch_tokens}", "train.lr=1e-6",
-            "train.warmup_steps=0", "train.grad_clip=1.0", "parallel.distributed_optimizer=true",
-            "algorithm.name=nft"]
-    return load_config(None, sets)
-
-
-def make_samples(n: int, seq: int, vocab: int, seed: int, *, prompt_len: int, var_len=False):
-    import torch
-
-    from megatron_nft.megatron.batches import TrainSample
-
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        s = seq if not var_len else int(torch.randint(prompt_len + 2, seq + 1, (1,), generator=g))
-        toks = torch.randint(0, vocab, (s,), generator=g).tolist()
-        out.append(TrainSample(tokens=toks, prompt_len=prompt_len, reward=float(i % 2),
-                               correct_rate=0.5, group=i // 4))
-    return out
-
-
-def hf_state_of(gpt) -> dict:
-    """HF-named full tensors of a world-size-1 megatron model (exporter; mapping if no tqdm)."""
-    if have("tqdm"):
-        from megatron_nft.checkpoint.convert import export_model_to_hf_state
-
-        return dict(export_model_to_hf_state([gpt]))
-    from megatron_nft.checkpoint import mapping as M
-
-    cfg = M.MappingConfig.from_arch(gpt.nft_arch)
-    return M.mcore_to_hf_state({(0, 0): dict(gpt.named_parameters())}, cfg)
-
-
-# ------------------------------------------------------------------ workers
-def worker_equiv(args) -> dict:
-    """Policy log-probs vs. the reference on exported weights, fp32 then bf16."""
-    import torch
-
-    from megatron_nft.megatron import parallel
-    from megatron_nft.megatron.policy import MegatronPolicy
-
-    info = parallel.init_distributed(1, 1, seed=0)
-    dev = info.device
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    cfg = hf_config("equiv", max_pos=4096)
-    kind = reference_kind()
-    out = {"reference": kind, "device": str(dev)}
-    dtypes = [("fp32", False)] + ([("bf16", True)] if dev.type == "cuda" or args.cpu_bf16 else [])
-    for label, bf16 in dtypes:
-        torch.manual_seed(0)
-        rec = make_recipe(args, bf16=bf16)
-        rec.train.micro_batch_tokens = 1024
-        policy = MegatronPolicy(rec, cfg, max_sequence_length=4096, training=False)
-        with torch.no_grad():  # larger-than-init weights: peaked softmax, a sharper test
-            for p in policy.gpt.parameters():
-                if p.dim() > 1:
-                    p.mul_(3.0)
-        samples = make_samples(8, 300, cfg["vocab_size"], seed=1, prompt_len=12, var_len=True)
-        policy.compute_logprobs(samples, with_entropy=False)
-        state = hf_state_of(policy.gpt)
-        dtype = torch.bfloat16 if bf16 else torch.float32
-        ref, hidden, lm_w = build_reference(kind, cfg, dev, dtype)
-        missing, unexpected = ref.load_state_dict(state, strict=False)
-        missing = [k for k in missing if "rotary" not in k and "inv_freq" not in k
-                   and not (k == "lm_head.weight" and cfg["tie_word_embeddings"])]
-        if missing or unexpected:
-            raise RuntimeError(f"reference state mismatch: missing {missing} unexpected {unexpected}")
-        diffs = []
-        with torch.no_grad():
-            ref.eval()
-            for s in samples:
-                ids = torch.tensor([s.tokens], device=dev)
-                h = hidden(ids)[0].float()
-                logp = torch.log_softmax(h @ lm_w().float().T, -1)
-                lp = logp[s.prompt_len - 1: len(s.tokens) - 1].gather(
-                    1, ids[0, s.prompt_len:, None]).squeeze(1)
-                ours = torch.tensor(s.old_logprobs, device=dev, dtype=torch.float32)
-                diffs.append((ours - lp).abs())
-        d = torch.cat(diffs)
-        out[label] = {"max_abs": float(d.max()), "mean_abs": float(d.mean()), "tokens": d.numel(),
-                      "mean_logprob": float(torch.cat([torch.tensor(s.old_logprobs) for s in samples]).mean())}
-        del policy, ref
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-    parallel.destroy()
-    return out
-
-
-def _time_steps(step, dev, warmup: int, steps: int) -> list:
-    times = []
-    for i in range(warmup + steps):
-        _sync(dev)
-        t = time.perf_counter()
-        step()
-        _sync(dev)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return times
-
-
-def worker_ours(args) -> dict:
-    import torch
-
-    from megatron_nft.megatron import parallel
-    from megatron_nft.megatron.policy import MegatronPolicy
-
-    info = parallel.init_distributed(1, 1, seed=0)
-    dev = info.device
-    cfg = hf_config(args.shape, max_pos=max(4096, args.seq))
-    rec = make_recipe(args, bf16=args.bf16)
-    t0 = time.perf_counter()
-    policy = MegatronPolicy(rec, cfg, total_updates=1000, max_sequence_length=args.seq)
-    build_s = time.perf_counter() - t0
-    samples = make_samples(args.samples, args.seq, cfg["vocab_size"], seed=2,
-                           prompt_len=max(2, args.seq // 8))
-    policy.compute_logprobs(samples, with_entropy=False)  # pi_old, so ratios are ~1
-    _reset_peak(dev)
-    metrics = {}
-
-    def step():
-        metrics.update(policy.train_step(samples))
-
-    times = _time_steps(step, dev, args.warmup, args.steps)
-    peak = _peak_gib(dev)
-    n_params = sum(p.numel() for p in policy.gpt.parameters())
-    parallel.destroy()
-    return {"times": times, "peak_gib": peak, "build_s": build_s, "params": n_params,
-            "loss": metrics.get("train/loss"), "grad_norm": metrics.get("train/grad_norm"),
-            "skipped": metrics.get("train/update_skipped"),
-            "optimizer": _optimizer_name(policy)}
-
-
-def _optimizer_name(policy) -> str:
-    try:
-        opt = policy.optimizer
-        inner = getattr(opt, "chained_optimizers", [opt])[0]
-        base = getattr(inner, "optimizer", inner)
-        return f"{type(inner).__name__}/{type(base).__module__}.{type(base).__name__}"
-    except Exception:  # noqa: BLE001
-        return "?"
-
-
-def worker_hf(args) -> dict:
-    """HF (or RefQwen2) + fused AdamW; ``--worker hf-bf16`` (bf16 weights) or ``hf-amp``."""
-    import torch
-
-    from megatron_nft.megatron.logprobs import chunked_logprobs
-
-    dev = torch.device(args.device if args.device == "cpu" else "cuda")
-    amp = args.worker.endswith("amp")
-    cfg = hf_config(args.shape, max_pos=max(4096, args.seq))
-    kind = reference_kind()
-    torch.manual_seed(0)
-    param_dtype = torch.float32 if (amp or not args.bf16) else torch.bfloat16
-    t0 = time.perf_counter()
-    model, hidden, lm_w = build_reference(kind, cfg, dev, param_dtype)
-    model.train()
-    build_s = time.perf_counter() - t0
-    fused = dev.type == "cuda"
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.999), eps=1e-8,
-                            weight_decay=0.1, fused=fused)
-    samples = make_samples(args.samples, args.seq, cfg["vocab_size"], seed=2,
-                           prompt_len=max(2, args.seq // 8))
-    rows = max(1, args.micro_batch_tokens // args.seq)
-    toks = torch.tensor([s.tokens for s in samples], device=dev)
-    mbs = [toks[i:i + rows] for i in range(0, len(samples), rows)]
-    n_tok = sum(len(s.tokens) - s.prompt_len for s in samples)
-    autocast = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if amp and args.bf16
-                else contextlib.nullcontext())
-    metrics = {}
-
-    def step():
-        total = torch.zeros((), device=dev)
-        for ids in mbs:
-            with autocast:
-                h = hidden(ids)
-                lp, _ = chunked_logprobs(h[:, :-1], lm_w(), ids[:, 1:], chunk_tokens=4096)
-            mask = torch.zeros_like(lp)
-            mask[:, samples[0].prompt_len - 1:] = 1.0
-            loss = -(lp * mask).sum() / n_tok
-            loss.backward()
-            total += loss.detach()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        metrics.update(loss=total, grad_norm=gn)  # tensors: no extra host sync inside the step
-
-    _reset_peak(dev)
-    times = _time_steps(step, dev, args.warmup, args.steps)
-    peak = _peak_gib(dev)
-    return {"times": times, "peak_gib": peak, "build_s": build_s,
-            "params": sum(p.numel() for p in model.parameters()), "reference": kind,
-            "loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
-            "optimizer": f"torch.optim.AdamW(fused={fused})"}
-
-
-WORKERS = {"equiv": worker_equiv, "ours": worker_ours, "hf-bf16": worker_hf, "hf-amp": worker_hf}
 
 
 # ------------------------------------------------------------------ parent
@@ -323,31 +79,46 @@ def run_worker(args, name: str, timeout: int) -> dict:
         return {"error": f"exit {p.returncode}: {last_err}"}
     r = json.loads(last)
     r["wall_s"] = wall
+    for line in (p.stderr or "").splitlines():
+        if "WARNING" in line:
+            print(f"  [{name}] {line.strip()[:400]}", flush=True)
     print(f"  [{name}] done in {wall:.0f} s", flush=True)
     return r
 
 
-def load_logprob_bench():
-    path = os.path.join(ROOT, "benchmarks", "logprob_memory.py")
-    spec = importlib.util.spec_from_file_location("nft_logprob_memory", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+LOGPROB_BENCH = os.path.join(ROOT, "benchmarks", "logprob_memory.py")
+
+
+def run_logprob_variant(args, variant: str, timeout: int) -> dict:
+    """One ``benchmarks/logprob_memory.py --worker`` run (same command line as its own
+    ``run_variant``, which has no timeout: a hung CUDA worker would eat the whole budget)."""
+    cuda = args.device == "cuda"
+    cmd = [sys.executable, LOGPROB_BENCH, "--worker", variant, "--device", args.device,
+           "--dtype", "bfloat16" if cuda else "float32", "--tokens", str(args.lp_tokens),
+           "--vocab", str(args.lp_vocab), "--hidden", str(args.lp_hidden), "--repeats", "2",
+           "--threads", "0"]
+    failed = dict(variant=variant, extra=None, time=None, cpu=None, check=None)
+    t = time.perf_counter()
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        print(f"  [logprob {variant}] TIMED OUT after {timeout} s", flush=True)
+        return dict(failed, error=f"timeout after {timeout} s")
+    last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    if out.returncode != 0 or not last.startswith("{"):
+        tail = (out.stderr or out.stdout)[-2000:]
+        print(f"  [logprob {variant}] FAILED (exit {out.returncode}):\n{tail}", flush=True)
+        err = tail.strip().splitlines()[-1] if tail.strip() else "?"
+        return dict(failed, error=f"exit {out.returncode}: {err}")
+    r = json.loads(last)
+    print(f"  [logprob {variant}] extra {r['extra'] / GIB:.2f} GiB, {r['time']:.3f} s "
+          f"(process {time.perf_counter() - t:.0f} s)", flush=True)
+    return r
 
 
 def part_logprob(args) -> dict:
-    mod = load_logprob_bench()
-    cuda = args.device == "cuda"
-    ns = argparse.Namespace(device=args.device, dtype="bfloat16" if cuda else "float32",
-                            tokens=args.lp_tokens, vocab=args.lp_vocab, hidden=args.lp_hidden,
-                            repeats=2, threads=0)
-    res = {}
-    for v in ("inputs", "materialized", "chunked-1024", "chunked-4096"):
-        res[v] = mod.run_variant(ns, v)
-        r = res[v]
-        if r.get("extra") is not None:
-            print(f"  [logprob {v}] extra {r['extra'] / GIB:.2f} GiB, {r['time']:.3f} s", flush=True)
-    return res
+    return {v: run_logprob_variant(args, v, args.worker_timeout)
+            for v in ("inputs", "materialized", "chunked-1024", "chunked-4096")}
 
 
 def summarize_step(args, res: dict, cfg: dict) -> tuple[list, list]:
@@ -356,37 +127,51 @@ def summarize_step(args, res: dict, cfg: dict) -> tuple[list, list]:
     tokens = args.samples * args.seq
     fpt = model_flops_per_token(cfg, args.seq)
     peak = peak_flops(args.device_name) if args.device == "cuda" else None
-    base = res.get("hf-bf16", {})
-    base_tps = tokens / min(base["times"]) if base.get("times") else None
+
+    def best_tps(name):
+        r = res.get(name) or {}
+        return tokens / min(r["times"]) if r.get("times") else None
+
+    def ref_label(r):  # per row: a worker may have fallen back to RefQwen2 on its own
+        kind = r.get("reference") or reference_kind()
+        return ("HF" if kind == "hf" else "RefQwen2 (no usable transformers)" if kind == "ref"
+                else f"RefQwen2 [{kind}]")
+
+    base_tps, amp_tps = best_tps("hf-bf16"), best_tps("hf-amp")
     rows, md = [], []
-    ref_label = "HF" if reference_kind() == "hf" else "RefQwen2 (no transformers)"
     adam = "fused AdamW" if args.device == "cuda" else "AdamW"
     if args.bf16:
         labels = {"ours": "ours: megatron-core sdpa, bf16 + fp32 main, dist-opt",
-                  "hf-bf16": f"{ref_label} sdpa, bf16 weights, {adam}",
-                  "hf-amp": f"{ref_label} sdpa, fp32 weights + autocast bf16, {adam}"}
+                  "hf-bf16": "{ref} sdpa, bf16 weights, " + adam,
+                  "hf-amp": "{ref} sdpa, fp32 weights + autocast bf16, " + adam}
     else:
         labels = {"ours": "ours: megatron-core sdpa, fp32, dist-opt",
-                  "hf-bf16": f"{ref_label} sdpa, fp32 weights, {adam}",
-                  "hf-amp": f"{ref_label} sdpa, fp32 weights (no autocast: --no-bf16), {adam}"}
+                  "hf-bf16": "{ref} sdpa, fp32 weights, " + adam,
+                  "hf-amp": "{ref} sdpa, fp32 weights (no autocast: --no-bf16), " + adam}
     for name in ("ours", "hf-bf16", "hf-amp"):
         r = res.get(name)
         if r is None:
             continue
+        labels[name] = labels[name].format(ref=ref_label(r))
         if "error" in r:
             rows.append(f"{labels[name]:<62} FAILED: {r['error'][:120]}")
-            md.append(f"| {labels[name]} | failed: {r['error'][:80]} | | | | |")
+            md.append(f"| {labels[name]} | failed: {r['error'][:80]} | | | | | |")
             continue
         t = min(r["times"])
+        med = sorted(r["times"])[len(r["times"]) // 2]
         tps = tokens / t
         tflops = tps * fpt / 1e12
         m = tps * fpt / peak if peak else float("nan")
         ratio = tps / base_tps if base_tps else float("nan")
-        rows.append(f"{labels[name]:<62} {t:8.3f} s {tps:10.0f} tok/s {tflops:8.1f} TFLOP/s "
-                    f"MFU {m:6.1%} peak {r['peak_gib']:6.1f} GiB  x{ratio:.2f} vs hf-bf16"
-                    f"  [{r.get('optimizer', '')}; skipped={r.get('skipped', 0)}]")
+        ratio_amp = tps / amp_tps if amp_tps else float("nan")
+        rows.append(f"{labels[name]:<62} {t:8.3f} s (median {med:.3f}) {tps:10.0f} tok/s "
+                    f"{tflops:8.1f} TFLOP/s MFU {m:6.1%} peak {r['peak_gib']:6.1f} GiB  "
+                    f"x{ratio:.2f} vs hf-bf16, x{ratio_amp:.2f} vs hf-amp"
+                    f"  [{r.get('optimizer', '')}; skipped={r.get('skipped', 0)}; "
+                    f"build {r.get('build_s', 0):.0f} s, process {r.get('wall_s', 0):.0f} s]")
         md.append(f"| {labels[name]} | {tps:,.0f} | {tflops:.1f} | "
-                  f"{'n/a' if math.isnan(m) else f'{m:.1%}'} | {r['peak_gib']:.1f} | {ratio:.2f} |")
+                  f"{'n/a' if math.isnan(m) else f'{m:.1%}'} | {r['peak_gib']:.1f} | {ratio:.2f} | "
+                  f"{ratio_amp:.2f} |")
     return rows, md
 
 
@@ -443,94 +228,145 @@ def main(argv=None) -> int:
         print(json.dumps(WORKERS[args.worker](args)), flush=True)
         return 0
 
+    # `timeout` (gpu_check.sh) sends SIGTERM: print what was measured before going down
+    signal.signal(signal.SIGTERM, _on_sigterm)
     args.device_name = (torch.cuda.get_device_name() if cuda
                         else f"CPU ({os.cpu_count()} cores)")
     parts = [x.strip() for x in args.parts.split(",") if x.strip()]
     date = datetime.date.today().isoformat()
     t_all = time.perf_counter()
-    print(f"gpu_step_bench on {args.device_name}, torch {torch.__version__}, "
-          f"reference={reference_kind()} ({'transformers' if have('transformers') else 'transformers NOT installed: plain-torch RefQwen2 stands in for HF'}), "
+    # decide the reference once, here, so that every worker uses the same one
+    kind = reference_kind()
+    os.environ["NFT_BENCH_REFERENCE"] = kind
+    why = transformers_problem() if kind == "ref" else ""
+    print(f"gpu_step_bench on {args.device_name}, torch {torch.__version__}, reference={kind} "
+          f"({'HF transformers' if kind == 'hf' else 'plain-torch RefQwen2 stands in for HF'}), "
           f"date {date}", flush=True)
+    if why:
+        print(f"!!! NOTE: HF transformers is not used: {why}. The 'HF' rows below are RefQwen2, "
+              "a plain-torch Qwen2 (same shapes/ops; not HF's code).", flush=True)
     failed = False
     md = [f"### {args.device_name} -- {date} (torch {torch.__version__}, "
           f"benchmarks/gpu_step_bench.py{' --tiny' if args.tiny else ''})", ""]
+    timings = []
+    try:
+        for part in parts:
+            t_part = time.perf_counter()
+            fn = {"equiv": _part_equiv, "step": _part_step, "logprob": _part_logprob}.get(part)
+            if fn is None:
+                print(f"unknown part {part!r} (equiv, step, logprob)", flush=True)
+                failed = True
+                continue
+            try:  # one part's crash (a bug here, not a worker's failure) must not end the run
+                failed |= fn(args, md)
+            except _Interrupted:
+                raise
+            except Exception as e:  # noqa: BLE001
+                import traceback
 
-    if "equiv" in parts:
-        print("\n== equivalence: MegatronPolicy.compute_logprobs vs reference on exported weights",
-              flush=True)
-        r = run_worker(args, "equiv", args.worker_timeout)
-        if "error" in r:
-            failed = True
-            md += [f"equivalence check: FAILED ({r['error'][:120]})", ""]
-        else:
-            tol32 = 1e-3 if cuda else 1e-4
-            ok = r["fp32"]["max_abs"] <= tol32
-            failed |= not ok
-            line = (f"fp32: max |dlogp| {r['fp32']['max_abs']:.2e} (tol {tol32:g}), mean "
-                    f"{r['fp32']['mean_abs']:.2e} over {r['fp32']['tokens']} tokens "
-                    f"(mean logp {r['fp32']['mean_logprob']:.2f}) -> {'PASS' if ok else 'FAIL'}")
-            if "bf16" in r:
-                b = r["bf16"]
-                line += (f"; bf16: max {b['max_abs']:.3f}, mean {b['mean_abs']:.4f} "
-                         f"({'ok' if b['mean_abs'] < 0.05 else 'LARGE'})")
-            print(f"  reference={r['reference']}: {line}", flush=True)
-            md += [f"Log-prob equivalence (policy vs {r['reference']} on exported weights): {line}", ""]
+                traceback.print_exc()
+                failed = True
+                print(f"  part {part} FAILED: {type(e).__name__}: {e}", flush=True)
+                md += [f"{part}: FAILED ({type(e).__name__}: {str(e)[:120]})", ""]
+            timings.append(f"{part} {time.perf_counter() - t_part:.0f} s")
+            print(f"  -- part {part}: {time.perf_counter() - t_part:.0f} s "
+                  f"(total so far {time.perf_counter() - t_all:.0f} s)", flush=True)
+    except _Interrupted as e:
+        failed = True
+        print(f"\n!!! INTERRUPTED ({e}) after {time.perf_counter() - t_all:.0f} s: printing what "
+              "was measured so far", flush=True)
+        md += [f"(run interrupted: {e}; later parts missing, the current one partial)", ""]
+    print(f"\n(total {time.perf_counter() - t_all:.0f} s: {', '.join(timings)})\n\n"
+          "---- markdown for benchmarks/RESULTS.md ----")
+    print("\n".join(md), flush=True)
+    return 1 if failed else 0
 
-    if "step" in parts:
-        cfg = hf_config(args.shape)
-        print(f"\n== training step: shape {args.shape}, seq {args.seq}, {args.samples} sequences "
-              f"= {args.samples * args.seq} tokens/step, micro-batch {args.micro_batch_tokens} "
-              f"tokens, {args.warmup} warm-up + {args.steps} timed steps", flush=True)
-        res = {}
+
+class _Interrupted(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    # `timeout` signals the child and then its whole process group: ignore the second one, which
+    # would otherwise interrupt the printing of the partial results
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Interrupted(f"signal {signum}, time limit")
+
+
+def _part_equiv(args, md: list) -> bool:
+    cuda = args.device == "cuda"
+    print("\n== equivalence: MegatronPolicy.compute_logprobs vs reference on exported weights",
+          flush=True)
+    r = run_worker(args, "equiv", args.worker_timeout)
+    if "error" in r:
+        md += [f"equivalence check: FAILED ({r['error'][:120]})", ""]
+        return True
+    tol32 = 1e-3 if cuda else 1e-4
+    ok = r["fp32"]["max_abs"] <= tol32
+    line = (f"fp32: max |dlogp| {r['fp32']['max_abs']:.2e} (tol {tol32:g}), mean "
+            f"{r['fp32']['mean_abs']:.2e} over {r['fp32']['tokens']} tokens "
+            f"(mean logp {r['fp32']['mean_logprob']:.2f}) -> {'PASS' if ok else 'FAIL'}")
+    if "bf16" in r:
+        b = r["bf16"]
+        line += (f"; bf16: max {b['max_abs']:.3f}, mean {b['mean_abs']:.4f} "
+                 f"({'ok' if b['mean_abs'] < 0.05 else 'LARGE'})")
+    print(f"  reference={r['reference']}: {line}", flush=True)
+    md += [f"Log-prob equivalence (policy vs {r['reference']} on exported weights): {line}", ""]
+    return not ok
+
+
+def _part_step(args, md: list) -> bool:
+    from megatron_nft.megatron.precision import model_flops_per_token
+
+    cfg = hf_config(args.shape)
+    print(f"\n== training step: shape {args.shape}, seq {args.seq}, {args.samples} sequences "
+          f"= {args.samples * args.seq} tokens/step, micro-batch {args.micro_batch_tokens} "
+          f"tokens, {args.warmup} warm-up + {args.steps} timed steps", flush=True)
+    res, failed = {}, False
+    try:
         for v in [x.strip() for x in args.variants.split(",") if x.strip()]:
             res[v] = run_worker(args, v, args.worker_timeout)
             failed |= "error" in res[v]
+    finally:  # also when interrupted: the rows measured so far
         rows, mdrows = summarize_step(args, res, cfg)
         print("\n".join(rows), flush=True)
-        from megatron_nft.megatron.precision import model_flops_per_token
-
         md += [f"Training step, {args.shape} shape, seq {args.seq}, {args.samples * args.seq} "
-               f"tokens/step, micro-batch {args.micro_batch_tokens} tokens "
+               f"tokens/step, micro-batch {args.micro_batch_tokens} tokens, min of {args.steps} "
+               f"steps after {args.warmup} warm-up "
                f"({model_flops_per_token(cfg, args.seq) / 1e9:.2f} GFLOP/token, 6N + 12·L·h·s; "
                "MFU vs spec dense bf16 peak):", "",
-               "| variant | tok/s | TFLOP/s | MFU | peak GiB | vs HF bf16 |",
-               "|---|---:|---:|---:|---:|---:|"] + mdrows + [""]
+               "| variant | tok/s | TFLOP/s | MFU | peak GiB | vs HF bf16 | vs HF amp |",
+               "|---|---:|---:|---:|---:|---:|---:|"] + mdrows + [""]
+    return failed
 
-    if "logprob" in parts:
-        print(f"\n== log-probs: T={args.lp_tokens} V={args.lp_vocab} H={args.lp_hidden} "
-              f"({'bf16' if cuda else 'fp32'}), fwd+bwd, peak extra memory", flush=True)
-        try:
-            res = part_logprob(args)
-        except Exception as e:  # noqa: BLE001
-            res = {}
-            failed = True
-            print(f"  logprob part FAILED: {type(e).__name__}: {e}", flush=True)
-        mat = res.get("materialized", {})
-        floor = (res.get("inputs", {}) or {}).get("extra") or 0
-        if mat.get("extra") is not None:
-            md += [f"Log-probs T={args.lp_tokens}, V={args.lp_vocab}, H={args.lp_hidden} "
-                   f"({'bf16' if cuda else 'fp32'}), fwd+bwd:", "",
-                   "| path | peak extra GiB | time s | memory vs materialised | time vs materialised |",
-                   "|---|---:|---:|---:|---:|"]
-            for v in ("materialized", "chunked-1024", "chunked-4096"):
-                r = res.get(v, {})
-                if r.get("extra") is None:
-                    md.append(f"| {v} | failed | | | |")
-                    failed = True
-                    continue
-                mem = (r["extra"] - floor) / max(mat["extra"] - floor, 1)
-                tr = r["time"] / mat["time"] if mat["time"] else float("nan")
-                line = (f"| {v} | {(r['extra'] - floor) / GIB:.2f} | {r['time']:.3f} | {mem:.2f} | "
-                        f"{tr:.2f} |")
-                print("  " + line, flush=True)
-                md.append(line)
-            md.append("")
-        elif "logprob" in parts:
-            failed = True
 
-    print(f"\n(total {time.perf_counter() - t_all:.0f} s)\n\n---- markdown for benchmarks/RESULTS.md ----")
-    print("\n".join(md))
-    return 1 if failed else 0
+def _part_logprob(args, md: list) -> bool:
+    cuda = args.device == "cuda"
+    print(f"\n== log-probs: T={args.lp_tokens} V={args.lp_vocab} H={args.lp_hidden} "
+          f"({'bf16' if cuda else 'fp32'}), fwd+bwd, peak extra memory", flush=True)
+    res = part_logprob(args)
+    failed = any(r.get("extra") is None for r in res.values())
+    mat = res.get("materialized", {})
+    have_mat = mat.get("extra") is not None
+    floor = (res.get("inputs", {}) or {}).get("extra") or 0
+    md += [f"Log-probs T={args.lp_tokens}, V={args.lp_vocab}, H={args.lp_hidden} "
+           f"({'bf16' if cuda else 'fp32'}), fwd+bwd:", "",
+           "| path | peak extra GiB | time s | memory vs materialised | time vs materialised |",
+           "|---|---:|---:|---:|---:|"]
+    for v in ("materialized", "chunked-1024", "chunked-4096"):
+        r = res.get(v, {})
+        if r.get("extra") is None:
+            line = f"| {v} | failed: {str(r.get('error', '?'))[:80]} | | | |"
+        else:
+            mem = ((r["extra"] - floor) / max(mat["extra"] - floor, 1) if have_mat
+                   else float("nan"))
+            tr = r["time"] / mat["time"] if have_mat and mat["time"] else float("nan")
+            line = (f"| {v} | {(r['extra'] - floor) / GIB:.2f} | {r['time']:.3f} | {mem:.2f} | "
+                    f"{tr:.2f} |")
+        print("  " + line, flush=True)
+        md.append(line)
+    md.append("")
+    return failed
 
 
 if __name__ == "__main__":

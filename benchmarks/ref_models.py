@@ -1,8 +1,10 @@
 """Reference models for benchmarks/gpu_step_bench.py: HF transformers' Qwen2 when importable,
 else ``RefQwen2``, a plain-torch Qwen2 (GQA, QKV bias, RMSNorm, RoPE, SwiGLU) written here so a
 GPU box without transformers can still check and time against an independent model."""
+import functools
 import importlib.util
 import os
+import sys
 
 
 def have(mod: str) -> bool:
@@ -117,6 +119,8 @@ def build_reference(kind: str, cfg: dict, device, dtype):
         try:
             with torch.device(device):  # initialise on the GPU (seconds, not minutes on CPU)
                 m = make()
+        except torch.OutOfMemoryError:
+            raise
         except Exception as e:  # noqa: BLE001
             print(f"HF build under torch.device({device}) failed ({e}); building on CPU",
                   file=sys.stderr)
@@ -137,9 +141,49 @@ def build_reference(kind: str, cfg: dict, device, dtype):
     return m, m.forward, m.lm_weight
 
 
+def build_reference_or_fallback(kind: str, cfg: dict, device, dtype):
+    """:func:`build_reference`, except that an HF build that fails for a reason other than
+    memory (a transformers version we never ran) falls back to RefQwen2 -- loudly -- instead of
+    losing the row. Returns ``(kind_used, module, hidden_fn, lm_weight_fn)``."""
+    import torch
+
+    if kind == "hf":
+        try:
+            return ("hf",) + build_reference("hf", cfg, device, dtype)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            print(f"WARNING: building HF transformers' Qwen2 failed ({type(e).__name__}: "
+                  f"{str(e)[:300]}); falling back to RefQwen2 (plain torch)", file=sys.stderr,
+                  flush=True)
+            kind = f"ref (HF build failed: {type(e).__name__})"
+        import gc  # after the except block: the traceback no longer holds the failed model
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return (kind,) + build_reference("ref", cfg, device, dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def transformers_problem() -> str:
+    """'' if transformers' Qwen2 is usable here, else why not. A real import, not find_spec: a
+    transformers whose own dependencies (huggingface_hub, tokenizers, ...) are missing or too old
+    is found by find_spec but fails on import -- that must not crash every HF worker."""
+    if not have("transformers"):
+        return "transformers is not installed"
+    try:
+        import transformers
+
+        transformers.Qwen2Config, transformers.AutoModelForCausalLM  # noqa: B018 (lazy attrs)
+    except Exception as e:  # noqa: BLE001
+        return f"`import transformers` fails here ({type(e).__name__}: {str(e)[:200]})"
+    return ""
+
+
 def reference_kind() -> str:
-    """``hf`` (transformers importable) or ``ref``; env NFT_BENCH_REFERENCE forces one."""
+    """``hf`` (transformers usable) or ``ref``; env NFT_BENCH_REFERENCE forces one."""
     forced = os.environ.get("NFT_BENCH_REFERENCE")
     if forced in ("hf", "ref"):
         return forced
-    return "hf" if have("transformers") else "ref"
+    return "ref" if transformers_problem() else "hf"

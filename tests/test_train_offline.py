@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _dist_helpers import REPO, TORCHRUN, _run, free_port
+from _dist_helpers import TORCHRUN, _run, free_port
 from megatron_nft.testing import make_tiny_qwen2
 
 pytestmark = pytest.mark.slow
