@@ -13,10 +13,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_gpu_check_cpu_mode_runs_every_stage(tmp_path):
+    # the 460 s budget is the GPU box's; a loaded 2-core CI machine gets more room per stage
     env = dict(os.environ, NFT_GPU_CHECK_ALLOW_CPU="1", PYTHON=sys.executable, OUT=str(tmp_path),
-               NFT_GPU_SITE=str(tmp_path / "site"))
+               NFT_GPU_SITE=str(tmp_path / "site"), NFT_GPU_CHECK_BUDGET_S="1500")
     p = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=900)
+                       text=True, timeout=1700)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-6000:]
     summary = out[out.rindex("======== summary"):]
