@@ -88,20 +88,26 @@ def init_distributed(
         os.environ.setdefault("WORLD_SIZE", "1")
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        rendezvous = {"init_method": "env://"}
         if "MASTER_PORT" not in os.environ:
             if _env_int("WORLD_SIZE", 1) != 1:
                 raise RuntimeError(
                     "WORLD_SIZE > 1 but MASTER_PORT is not set: launch with torchrun "
                     "(or export MASTER_ADDR/MASTER_PORT)"
                 )
+            # A world of one set up here: an in-process store, so there is no TCP port to race
+            # for (a port picked free can be taken before the store binds it: seen as
+            # EADDRINUSE on a busy machine). MASTER_PORT is still exported for libraries that
+            # read it; nothing listens on it.
             os.environ["MASTER_PORT"] = str(_free_port())
+            rendezvous = {"store": dist.HashStore(), "rank": 0, "world_size": 1}
         local_rank = _env_int("LOCAL_RANK", 0)
         if use_cuda:
             torch.cuda.set_device(local_rank % torch.cuda.device_count())
         dist.init_process_group(
             backend=backend,
-            init_method="env://",
             timeout=datetime.timedelta(minutes=timeout_minutes),
+            **rendezvous,
         )
         _OWNS_PROCESS_GROUP = True
 
