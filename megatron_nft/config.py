@@ -191,6 +191,18 @@ def effective_clip_high(alg: AlgorithmConfig) -> float:
 # --------------------------------------------------------------------------- coercion
 
 
+def parse_layer_split(split) -> list[int]:
+    """``parallel.pp_layer_split``: ``"15,17"`` / ``[15, 17]`` -> ``[15, 17]`` (layers per
+    pipeline stage); raises ValueError naming the key on anything else."""
+    if isinstance(split, str):
+        try:
+            return [int(x) for x in split.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise ValueError(f"parallel.pp_layer_split={split!r} is not a comma-separated list of "
+                             "integers") from None
+    return [int(x) for x in split]
+
+
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:

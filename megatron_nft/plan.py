@@ -47,7 +47,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from megatron_nft.config import ConfigError, RecipeConfig
+from megatron_nft.config import ConfigError, RecipeConfig, parse_layer_split
 
 GiB = 1024 ** 3
 SLACK_GIB = 3.0
@@ -122,9 +122,9 @@ def stage_layers(cfg: RecipeConfig, arch: Arch, errors: list) -> list[int]:
     split = cfg.parallel.pp_layer_split
     if split:
         try:
-            parts = [int(x) for x in str(split).replace(" ", "").split(",") if x]
-        except ValueError:
-            errors.append(f"parallel.pp_layer_split: {split!r} is not a comma-separated list of integers")
+            parts = parse_layer_split(str(split))
+        except ValueError as e:
+            errors.append(str(e))
             return [L // pp] * pp
         if len(parts) != pp or sum(parts) != L or min(parts) < 1:
             errors.append(f"parallel.pp_layer_split: {split!r} must have parallel.pp={pp} entries >= 1 summing "

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from megatron_nft.config import parse_layer_split
+
 SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
 TRANSFORMER_IMPLS = ("local", "sdpa", "transformer_engine")
 
@@ -177,17 +179,6 @@ def validate_parallel(arch: ModelArch, tp: int, pp: int, pp_layer_split=None) ->
     elif arch.num_layers % pp:
         raise ValueError(f"parallel.pp={pp} must divide the number of layers ({arch.num_layers}); "
                          "or set parallel.pp_layer_split (layers per stage, e.g. '15,17')")
-
-
-def parse_layer_split(split) -> list[int]:
-    """``"15,17"`` / ``[15, 17]`` -> ``[15, 17]`` (layers per pipeline stage)."""
-    if isinstance(split, str):
-        try:
-            return [int(x) for x in split.replace(" ", "").split(",") if x]
-        except ValueError:
-            raise ValueError(f"parallel.pp_layer_split={split!r} is not a comma-separated list of "
-                             "integers") from None
-    return [int(x) for x in split]
 
 
 def pipeline_layout(split) -> str:
