@@ -13,13 +13,33 @@ Definitions (``n`` samples of one problem, ``c`` of them correct):
   ``\\dfrac12`` vote together but ``0.5`` and ``\\frac12`` do not. Samples without an answer do
   not vote; a tie goes to the group whose first sample comes first. The vote is correct when
   that group's first sample was graded correct. No answer at all -> wrong.
+
+Names in the summaries: ``accuracy`` (``acc``) is POOLED over samples, ``sum(c) / sum(n)``;
+``pass@1`` (= the paper's avg@k) is the mean over problems of ``c_i / n_i``; the two agree when
+every problem has the same number of samples ``k``, which is the case whenever ``nft-eval``
+generates (``k`` = samples per problem; graded files may have unequal counts: then ``k`` is the
+smallest and ``k_max`` the largest). Table 1 shows ``pass@1``.
+
+Standard errors (``standard_errors``; P problems, ``p_i = c_i / n_i``, ``m = mean(p_i)``):
+
+* ``se`` = ``sqrt( sum_i (p_i - m)^2 / (P - 1) / P )``: the standard error of ``pass@1`` as an
+  estimate of the expected accuracy over the population of problems AND of the model's
+  samples; it contains both sources of noise (the problems drawn, the k samples per problem).
+* ``se_sampling`` = ``sqrt( sum_i p_i (1 - p_i) / (n_i - 1) ) / P`` (problems with ``n_i > 1``;
+  ``p_i (1 - p_i) / (n_i - 1)`` is the unbiased estimate of ``Var(p_i)`` given problem i): the
+  within-problem part, which more samples per problem would shrink; 0 for avg@1, where it
+  cannot be told apart from the problem part.
+* ``se_problems`` = ``sqrt(max(se^2 - se_sampling^2, 0))``: the part from the finite problem set.
+* the Avg column: ``sqrt(sum_b se_b^2) / B`` over the B averaged benchmarks (independent).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
-__all__ = ["pass_at_k", "majority_vote", "ProblemRecord", "make_record", "summarize", "macro_average"]
+__all__ = ["pass_at_k", "majority_vote", "ProblemRecord", "make_record", "summarize", "macro_average",
+           "standard_errors"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -105,13 +125,29 @@ def summarize(records: Sequence[ProblemRecord]) -> dict:
     }
     if k != max(r.n for r in recs):
         out["k_max"] = max(r.n for r in recs)  # unequal sample counts (scoring mode only)
+    out.update(standard_errors([(r.n, r.n_correct) for r in recs]))
     return out
+
+
+def standard_errors(counts: Sequence[tuple[int, int]]) -> dict:
+    """``{"se", "se_sampling", "se_problems"}`` of pass@1 from ``(n_i, c_i)`` per problem (module
+    docstring). Fewer than two problems: all zero (no spread to estimate)."""
+    P = len(counts)
+    if P < 2:
+        return {"se": 0.0, "se_sampling": 0.0, "se_problems": 0.0}
+    p = [c / n for n, c in counts]
+    m = sum(p) / P
+    var_total = sum((x - m) ** 2 for x in p) / (P - 1) / P
+    var_samp = sum(x * (1 - x) / (n - 1) for x, (n, _) in zip(p, counts) if n > 1) / P**2
+    return {"se": math.sqrt(var_total), "se_sampling": math.sqrt(var_samp),
+            "se_problems": math.sqrt(max(var_total - var_samp, 0.0))}
 
 
 def macro_average(summaries: dict[str, dict], metrics=("accuracy", "pass@1", "pass@k", "maj@k")) -> dict:
     """Unweighted mean over benchmarks (the paper's "Avg" column), plus which were averaged."""
     names = [b for b, s in summaries.items() if s.get("n_problems", 0) > 0]
     out: dict = {m: (sum(summaries[b][m] for b in names) / len(names) if names else 0.0) for m in metrics}
+    out["se"] = math.sqrt(sum(summaries[b].get("se", 0.0) ** 2 for b in names)) / len(names) if names else 0.0
     out["benchmarks"] = names
     out["n_benchmarks"] = len(names)
     return out
