@@ -182,34 +182,16 @@ _TUPLE = re.compile(r"^[(\[].*[)\]]$", re.S)
 
 
 def _split_top(s: str) -> list[str]:
-    """Split at commas/semicolons outside (), [], {} and ``\\{ \\}``."""
-    parts, depth, start, i = [], 0, 0, 0
-    while i < len(s):
-        c = s[i]
-        if c == "\\":
-            if i + 1 < len(s) and s[i + 1] in "{}":
-                depth += 1 if s[i + 1] == "{" else -1
-            i += 2
-            continue
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif c in _SEPS and depth <= 0:
-            parts.append(s[start:i])
-            start = i + 1
-        i += 1
-    parts.append(s[start:])
-    return [p.strip() for p in parts if p.strip()]
+    """Split at commas/semicolons outside (), [], {}, ``\\{ \\}`` and environments."""
+    from megatron_nft.latex import split_top
+
+    return split_top(s, _SEPS, drop_empty=True)
 
 
 def _expand_pm(p: str) -> list[str]:
-    n = p.count("\\pm") + p.count("\\mp")
-    if n != 1:
-        return [p]
-    if "\\pm" in p:
-        return [p.replace("\\pm", "+"), p.replace("\\pm", "-")]
-    return [p.replace("\\mp", "-"), p.replace("\\mp", "+")]
+    from megatron_nft.latex import expand_pm
+
+    return expand_pm(p) or [p]
 
 
 def split_answers(text: str | None) -> list[str]:

@@ -7,10 +7,11 @@ Public API::
         rewards = v.verify_batch(responses, golds)               # list[bool]
 
 Modules (parent side, pure Python): ``extract`` (final answer / gold), ``normalize`` (string
-rules), ``numbers`` (exact numeric literals), ``equivalence`` (structure + comparison driver),
-``guard`` (static size guard), ``grading`` (single answers, strict-box mode), ``verifier``
-(``MathVerifier``: fast path, de-duplication, pool with hard timeouts). Worker side:
-``worker`` (process main), ``symbolic`` (sympy backend), ``fastparse`` (LaTeX subset parser).
+rules, exact numeric literals), ``equivalence`` (structure + our comparison rules), ``guard``
+(static size guard), ``verifier`` (single answers, strict-box mode, ``MathVerifier``: fast path,
+de-duplication, worker processes with hard timeouts). Worker side: ``symbolic`` (math-verify as
+the first judge, then the sympy backend of our rules), ``fastparse`` (LaTeX subset parser).
+LaTeX scanning (braces, boxes, top-level splits, ``\\pm``) is ``megatron_nft.latex``.
 Importing this package does not import sympy.
 """
 

@@ -22,8 +22,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
-from .normalize import THOUSANDS, clean_atom, key, normalize
-from .numbers import REL_TOL, base_numeral, is_word, numbers_equal, pct_candidates, simple_number
+from megatron_nft.latex import close_index as _close_index
+from megatron_nft.latex import expand_pm as _expand_pm
+from megatron_nft.latex import split_top as _split_top
+
+from .normalize import (REL_TOL, THOUSANDS, base_numeral, clean_atom, is_word, key, normalize, numbers_equal,
+                        pct_candidates, simple_number)
 
 __all__ = [
     "Node",
@@ -66,58 +70,6 @@ class Backend(Protocol):
 
 
 # --------------------------------------------------------------------------- structure
-
-
-def _split_top(s: str, seps: str = ",") -> list[str]:
-    parts, depth, start, i = [], 0, 0, 0
-    while i < len(s):
-        c = s[i]
-        if c == "\\":
-            if s.startswith("\\begin", i) or s.startswith("\\end", i):
-                depth += 1 if s.startswith("\\begin", i) else -1
-            i += 2
-            if i - 1 < len(s) and s[i - 1] in "{}":
-                depth += 1 if s[i - 1] == "{" else -1
-            continue
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif c in seps and depth == 0:
-            parts.append(s[start:i])
-            start = i + 1
-        i += 1
-    parts.append(s[start:])
-    return [p.strip() for p in parts]
-
-
-def _close_index(s: str, i: int) -> int:
-    depth, j = 0, i
-    while j < len(s):
-        c = s[j]
-        if c == "\\":
-            if j + 1 < len(s) and s[j + 1] in "{}":
-                depth += 1 if s[j + 1] == "{" else -1
-                if depth == 0:
-                    return j + 1
-            j += 2
-            continue
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-            if depth == 0:
-                return j
-        j += 1
-    return -1
-
-
-def _expand_pm(text: str) -> list[str] | None:
-    if text.count("\\pm") + text.count("\\mp") != 1:
-        return None
-    if "\\pm" in text:
-        return [text.replace("\\pm", "+"), text.replace("\\pm", "-")]
-    return [text.replace("\\mp", "-"), text.replace("\\mp", "+")]
 
 
 def parse_structure(s: str, list_ok: bool = True) -> Node:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import re
 
+from megatron_nft.latex import boxed_spans
+
 __all__ = [
     "extract_answer",
     "extract_gold",
@@ -35,7 +37,6 @@ __all__ = [
     "answer_line",
 ]
 
-_BOX_CMDS = ("\\boxed", "\\fbox")
 # What may sit between two boxes that belong to one multi-part answer.
 # ("or" is not a joiner: "\boxed{15\frac{39}{40}}, or \boxed{\frac{639}{40}}" restates one answer)
 _BOX_JOIN_SEP = re.compile(
@@ -51,57 +52,6 @@ _MATH_SEG = re.compile(r"\$\$(.+?)\$\$|\$([^$]+?)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)"
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 _HOPE = re.compile(r"\s*I hope it is correct\.?\s*$", re.IGNORECASE)
 _MATH_WORDS = {"and", "or", "pi", "sqrt", "frac", "infty", "inf", "mod", "cm", "mm", "km"}
-
-
-def _brace_matches(text: str) -> dict[int, int]:
-    """Map the index of every ``{`` to the index of its matching ``}`` (one linear pass).
-
-    Escaped braces (``\\{``, ``\\}``) and anything else after a backslash are skipped.
-    """
-    matches: dict[int, int] = {}
-    stack: list[int] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            stack.append(i)
-        elif c == "}" and stack:
-            matches[stack.pop()] = i
-        i += 1
-    return matches
-
-
-def boxed_spans(text: str) -> list[tuple[int, int, str]]:
-    """All complete ``\\boxed``/``\\fbox`` occurrences as ``(start, end, content)``, in order."""
-    if "\\boxed" not in text and "\\fbox" not in text:
-        return []
-    matches = _brace_matches(text)
-    spans: list[tuple[int, int, str]] = []
-    for cmd in _BOX_CMDS:
-        start = text.find(cmd)
-        while start != -1:
-            j = start + len(cmd)
-            if j < len(text) and (text[j].isalpha()):
-                start = text.find(cmd, j)  # e.g. \boxedx is another command
-                continue
-            k = j
-            while k < len(text) and text[k] in " \t":
-                k += 1
-            if k < len(text) and text[k] == "{":
-                close = matches.get(k)
-                if close is not None:
-                    spans.append((start, close + 1, text[k + 1 : close]))
-            elif k > j and k < len(text):
-                # "\boxed 5": the token up to whitespace or '$'
-                m = re.match(r"[^\s$]+", text[k : k + 200])
-                if m:
-                    spans.append((start, k + m.end(), m.group(0)))
-            start = text.find(cmd, j)
-    spans.sort()
-    return spans
 
 
 def last_boxed(text: str, join: bool = True) -> tuple[int, str] | None:

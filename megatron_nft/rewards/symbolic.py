@@ -32,11 +32,11 @@ from sympy import (
 from sympy.core.function import AppliedUndef
 from sympy.core.relational import GreaterThan, LessThan, Relational, StrictGreaterThan, StrictLessThan
 
-from .equivalence import REL_TOL, Node, Tri, simple_number
+from .equivalence import REL_TOL, Node, Tri, answers_equal, simple_number
 from .fastparse import Unsupported, fast_parse
-from .guard import too_big
+from .guard import guard_disabled, too_big
 
-__all__ = ["SympyBackend", "parse_latex", "expr_equal", "obj_equal", "warmup"]
+__all__ = ["SympyBackend", "parse_latex", "expr_equal", "obj_equal", "warmup", "slow_decide"]
 
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 logging.getLogger("latex2sympy2_extended").setLevel(logging.ERROR)
@@ -440,3 +440,9 @@ def warmup() -> None:
             backend.relation(a, b) if "=" in a else backend.atom(a, b, False, False)
         except Exception:
             pass
+
+
+def slow_decide(pred: str, gold: str, guard: bool) -> bool:
+    """The full comparison with the sympy backend (what a worker runs)."""
+    with guard_disabled(not guard):
+        return bool(answers_equal(pred, gold, backend=SympyBackend()))

@@ -37,22 +37,181 @@ overrides the default per call.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import wait as mp_wait
 
-from .grading import MODES, fast_decide, prepare, strict_box_match, verify_answer
-from .worker import WorkerHandle
+from .equivalence import MAX_ATOM_LEN, answers_equal
+from .extract import extract_answer, extract_gold, last_boxed
+from .guard import too_big
+from .normalize import key, normalize, strict_normalize
 
-__all__ = ["MathVerifier", "VerifierStats", "verify_answer", "strict_box_match", "MODES"]
+__all__ = ["MathVerifier", "VerifierStats", "verify_answer", "strict_box_match", "prepare", "fast_decide",
+           "MODES", "MAX_ANSWER_CHARS", "WorkerHandle", "worker_main"]
 
 _STARTUP_TIMEOUT_S = 120.0
 _CHUNK_CHARS = 16_000  # well below the 64 KiB pipe buffer
 
+
+# --------------------------------------------------------------------------- single answers
+
+MODES = ("math", "strict_box")
+MAX_ANSWER_CHARS = 5000
+
+
+def strict_box_match(response: str, gold) -> bool:
+    """Exact match of the last ``\\boxed{}`` content (light normalisation) with the gold."""
+    if not isinstance(response, str):
+        return False
+    b = last_boxed(response, join=False)
+    if b is None:
+        return False
+    pred = strict_normalize(b[1])
+    g = strict_normalize(extract_gold(gold))
+    return bool(pred) and pred == g
+
+
+def prepare(response, gold, mode: str) -> tuple[str | None, str]:
+    pred = extract_answer(response if isinstance(response, str) else ("" if response is None else str(response)))
+    return pred, extract_gold(gold)
+
+
+def fast_decide(pred: str | None, gold: str, guard: bool) -> tuple[bool | None, str]:
+    """Parent-side decision: (result or None, reason)."""
+    if pred is None or not gold:
+        return False, "empty"
+    if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+        return pred.strip() == gold.strip(), "fast"  # no real answer is this long
+    try:
+        p, g = normalize(pred), normalize(gold)
+        if p and g and key(p) == key(g):
+            return True, "fast"
+        if guard and (too_big(p) or too_big(g)):
+            return False, "guard"
+        if len(p) > 20 * MAX_ATOM_LEN or len(g) > 20 * MAX_ATOM_LEN:
+            return False, "fast"
+        r = answers_equal(pred, gold, backend=None)
+    except RecursionError:
+        return None, ""
+    return r, "fast"
+
+
+def verify_answer(response: str, gold, mode: str = "math", guard_huge: bool = True) -> bool:
+    """Verify one answer in this process (no timeout protection -- use ``MathVerifier``
+    for untrusted model outputs)."""
+    if mode == "strict_box":
+        return strict_box_match(response, gold)
+    if mode != "math":
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    pred, g = prepare(response, gold, mode)
+    r, _ = fast_decide(pred, g, guard_huge)
+    if r is not None:
+        return r
+    from .symbolic import slow_decide
+
+    return slow_decide(pred, g, guard_huge)
+
+
+# --------------------------------------------------------------------------- worker processes
+
+def worker_main(conn, memory_limit_mb: int | None) -> None:
+    """Worker process: import the sympy backend once, then answer chunks of tasks."""
+    if memory_limit_mb:
+        try:
+            import resource
+
+            limit = int(memory_limit_mb) * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        except Exception:
+            pass
+    import logging
+
+    logging.disable(logging.WARNING)
+    from . import symbolic  # heavy imports happen here, once
+    from .symbolic import slow_decide
+
+    symbolic.warmup()
+    try:
+        conn.send(("ready", os.getpid()))
+        while True:
+            try:
+                chunk = conn.recv()
+            except (EOFError, OSError):
+                break
+            if chunk is None:
+                break
+            for tid, pred, gold, guard in chunk:
+                try:
+                    ok, err = slow_decide(pred, gold, guard), None
+                except BaseException as e:  # MemoryError, RecursionError, anything
+                    ok, err = False, f"{type(e).__name__}: {str(e)[:200]}"
+                conn.send((tid, ok, err))
+    except (BrokenPipeError, EOFError, OSError, KeyboardInterrupt):
+        pass
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start a spawn child without re-importing the parent's ``__main__``.
+
+    multiprocessing's spawn normally re-runs the main script/module in every child (as
+    ``__mp_main__``). The worker function lives in this importable module, so that is not
+    needed; skipping it keeps workers small (no torch/megatron imports from a trainer's main
+    module) and makes the pool usable from scripts without an ``if __name__ == "__main__"``
+    guard. ``get_preparation_data`` reads ``__main__.__spec__``/``__file__`` synchronously
+    inside ``Process.start()``, so hiding them for that call is enough.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__spec__", "__file__") if main is not None and hasattr(main, k)}
+    try:
+        if main is not None:
+            if "__spec__" in saved:
+                main.__spec__ = None
+            if "__file__" in saved:
+                del main.__file__
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
+class WorkerHandle:
+    """Parent-side handle: process, pipe, readiness and the tasks sent to it, in order."""
+
+    def __init__(self, ctx, memory_limit_mb: int | None):
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(
+            target=worker_main, args=(child_conn, memory_limit_mb), daemon=True, name="math-verifier"
+        )
+        with _main_module_hidden():
+            self.proc.start()
+        child_conn.close()
+        self.conn = parent_conn
+        self.ready = False
+        self.started_at = time.monotonic()
+        self.assigned: deque = deque()  # (tid, pred, gold, guard) in execution order
+        self.task_start: float | None = None
+
+    def kill(self) -> None:
+        try:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join(timeout=5)
+        except Exception:
+            pass
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+
+# --------------------------------------------------------------------------- the pool
 
 @dataclass
 class VerifierStats:
