@@ -62,33 +62,11 @@ class PromptDataset(list):
 
 
 def last_boxed(text: str) -> Optional[str]:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, braces matched."""
-    best = None
-    for macro in ("\\boxed", "\\fbox"):
-        pos = text.rfind(macro)
-        if pos > (best[0] if best else -1):
-            best = (pos, macro)
-    if best is None:
-        return None
-    i = best[0] + len(best[1])
-    while i < len(text) and text[i] == " ":
-        i += 1
-    if i >= len(text):
-        return None
-    if text[i] != "{":  # "\boxed 5" form: up to the next space or dollar
-        j = i
-        while j < len(text) and text[j] not in " $\n":
-            j += 1
-        return text[i:j] or None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j]
-    return None  # unbalanced
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, braces matched;
+    None if there is none or the last one never closes (see ``megatron_nft.latex``)."""
+    from megatron_nft.latex import last_boxed as scan_last_boxed
+
+    return scan_last_boxed(text)
 
 
 def get_path(row: dict, key: str) -> Any:
