@@ -13,7 +13,8 @@ setup(
     # requirements-cpu.txt pins the CPU wheel for development machines.
     install_requires=[
         "torch",
-        "megatron-core>=0.16",
+        # upper bound: the newest release checked against this code (CPU CI runs 0.16.1 and 0.19.2)
+        "megatron-core>=0.16,<0.20",
         "pyyaml",
         "sympy",
         "math-verify",
@@ -28,8 +29,9 @@ setup(
         "pyarrow",  # parquet prompt files (DAPO-Math-17k)
     ],
     extras_require={
-        # GPU clusters: vLLM rollouts; Transformer Engine / apex come with NGC containers.
-        "gpu": ["vllm"],
+        # GPU clusters: the pinned set of requirements-gpu.txt (tests/test_gpu_pins.py keeps the two
+        # equal); Transformer Engine is built separately (requirements-gpu-te.txt, --no-build-isolation).
+        "gpu": ["vllm==0.33.0", "torch==2.14.0", "megatron-core==0.19.2", "transformers==5.20.2"],
         "test": ["pytest"],
     },
     entry_points={

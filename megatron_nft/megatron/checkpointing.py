@@ -98,7 +98,7 @@ def save_checkpoint(policy, output_dir: str, step: int, trainer_state: dict, kee
     dist.barrier()
     if rank == 0:
         state = dict(trainer_state, step=step, updates=policy.updates, has_optimizer=with_opt,
-                     adam_step=_adam_step(policy.optimizer),
+                     adam_step=_adam_step(policy.optimizer), megatron_core=megatron_core_version(),
                      scheduler=policy.scheduler.state_dict(), world_size=dist.get_world_size())
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
             json.dump(state, f, indent=1)
@@ -110,12 +110,20 @@ def save_checkpoint(policy, output_dir: str, step: int, trainer_state: dict, kee
     return final
 
 
+def _torch_adams(optimizer) -> list:
+    """The inner optimizers that are torch's own Adam/AdamW (megatron's fallback without TE/apex).
+    Only those keep a per-parameter ``step``; TE's FusedAdam keeps it in ``param_groups`` and its
+    ``state_dict()`` refuses any per-parameter key but exp_avg / exp_avg_sq / master_param."""
+    inner = (getattr(opt, "optimizer", None) for opt in getattr(optimizer, "chained_optimizers", [optimizer]))
+    return [o for o in inner if isinstance(o, (torch.optim.Adam, torch.optim.AdamW))]
+
+
 def _init_optimizer_state(optimizer) -> None:
     """megatron's DistributedOptimizer reads the torch optimizer's ``step`` while building the
     state dict it loads into; with the torch AdamW fallback (no TE/apex) that state only exists
-    after a first step. Create it (zeros, step 0) so a fresh process can load a checkpoint."""
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = opt.optimizer
+    after a first step. Create it (zeros, step 0) so a fresh process can load a checkpoint.
+    Other optimizers (TE / apex FusedAdam) are left alone: megatron restores their state."""
+    for inner in _torch_adams(optimizer):
         for group in inner.param_groups:
             for p in group["params"]:
                 st = inner.state[p]
@@ -126,8 +134,8 @@ def _init_optimizer_state(optimizer) -> None:
 
 
 def _adam_step(optimizer) -> float:
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        for st in opt.optimizer.state.values():
+    for inner in _torch_adams(optimizer):
+        for st in inner.state.values():
             if "step" in st:
                 return float(st["step"])
     return 0.0
@@ -136,10 +144,56 @@ def _adam_step(optimizer) -> float:
 def _set_adam_step(optimizer, step: float) -> None:
     """megatron 0.16's DistributedOptimizer does not restore the torch-AdamW ``step`` (bias
     correction) from a ``dp_reshardable`` checkpoint; we save it ourselves and put it back."""
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        for st in opt.optimizer.state.values():
+    for inner in _torch_adams(optimizer):
+        for st in inner.state.values():
             if "step" in st:
                 st["step"] = torch.full_like(st["step"], step) if torch.is_tensor(st["step"]) else step
+
+
+def megatron_core_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        import megatron.core
+
+        return str(getattr(megatron.core, "__version__", None) or version("megatron-core"))
+    except (ImportError, PackageNotFoundError):
+        return "unknown"
+
+
+def _version_key(v: str):
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(v.split("+", 1)[0])
+    except InvalidVersion:
+        return None
+
+
+class CheckpointVersionError(RuntimeError):
+    """A checkpoint written by a newer megatron-core than the installed one cannot be read."""
+
+
+def _written_by_newer(written_by: Optional[str]) -> bool:
+    new, old = _version_key(written_by or ""), _version_key(megatron_core_version())
+    return new is not None and old is not None and new > old
+
+
+def _check_readable(path: str, written_by: Optional[str]) -> None:
+    """Fail before loading when the installed megatron-core is older than the writer and the
+    format changed (megatron-core >= 0.17 writes dist checkpoints without ``common.pt``, which
+    0.16 requires); the message names both versions and the fix."""
+    if not _written_by_newer(written_by):
+        return
+    here = megatron_core_version()
+    if _version_key(here).release[:2] < (0, 17) and not os.path.exists(os.path.join(path, "dist", "common.pt")):
+        raise CheckpointVersionError(_version_message(path, written_by, here, "it has no dist/common.pt"))
+
+
+def _version_message(path: str, written_by: str, here: str, why: str) -> str:
+    return (f"checkpoint {path} was written by megatron-core {written_by}, but the installed megatron-core "
+            f"{here} cannot read it ({why}): install megatron-core=={written_by} (requirements-gpu.txt pins "
+            f"the GPU version), or resume where it was written")
 
 
 def load_checkpoint(policy, path: str) -> dict:
@@ -149,9 +203,17 @@ def load_checkpoint(policy, path: str) -> dict:
     with open(os.path.join(path, "trainer_state.json")) as f:
         state = json.load(f)
     with_opt = bool(state.get("has_optimizer", True))
+    written_by = state.get("megatron_core")
+    _check_readable(path, written_by)
     if with_opt:
         _init_optimizer_state(policy.optimizer)
-    loaded = dist_checkpointing.load(_sharded_state(policy, True, with_opt), os.path.join(path, "dist"))
+    try:
+        loaded = dist_checkpointing.load(_sharded_state(policy, True, with_opt), os.path.join(path, "dist"))
+    except Exception as e:
+        if _written_by_newer(written_by):
+            raise CheckpointVersionError(_version_message(path, written_by, megatron_core_version(),
+                                                          f"{type(e).__name__}: {e}")) from e
+        raise
     with torch.no_grad():  # fp32 main params are views of the (grad-requiring) model params
         policy.unwrapped().load_state_dict(loaded["model"])
         if with_opt:  # restores the fp32 main params too
