@@ -222,6 +222,20 @@ def check(cfg: RecipeConfig, arch: Arch) -> tuple[list[str], list[str], dict]:
                                per_rank=per_rank, n_micro=n_micro, seq_max=seq_max)
 
 
+def total_params(cfg: RecipeConfig, arch: Arch) -> int:
+    """All parameters of the model (vocab padded for TP), embeddings and final norm included."""
+    vpad = padded_vocab(arch.vocab_size, cfg.parallel.tp, cfg.model.make_vocab_size_divisible_by)
+    out = 0 if arch.tie_word_embeddings else vpad * arch.hidden_size
+    return arch.num_layers * layer_params(arch) + vpad * arch.hidden_size + out + arch.hidden_size
+
+
+def checkpoint_gib(cfg: RecipeConfig, arch: Arch) -> float:
+    """Size of one training checkpoint: the model in its training dtype (2 B/param bf16, 4 fp32)
+    plus the optimizer's fp32 main params (bf16 only) and two Adam moments, unsharded on disk."""
+    bf16 = cfg.train.bf16 is not False
+    return total_params(cfg, arch) * ((2 + 12) if bf16 else (4 + 8)) / GiB
+
+
 def memory(cfg: RecipeConfig, arch: Arch, f: dict) -> dict:
     """Per-GPU memory estimate in GiB (see the module docstring for every term)."""
     par, tr, ro = cfg.parallel, cfg.train, cfg.rollout
@@ -264,7 +278,7 @@ def memory(cfg: RecipeConfig, arch: Arch, f: dict) -> dict:
     m["train_phase"] = static + m["activations"] + m["logits"] + m["vllm_train"] + m["slack"]
     m["rollout_phase"] = static + m["vllm_rollout"] + m["sync"] + m["slack"]
     m["peak"] = max(m["train_phase"], m["rollout_phase"])
-    total = arch.num_layers * lp + emb + (0 if arch.tie_word_embeddings else vpad * h) + h
+    total = total_params(cfg, arch)
     m["total_params"] = total
     m["p_gpu"] = p_gpu
     m["micro_tokens"] = t

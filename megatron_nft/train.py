@@ -2,6 +2,7 @@
 
     torchrun --nproc-per-node N -m megatron_nft.train --recipe recipes/tiny_cpu.yaml --set parallel.tp=2
     nft-train --recipe R --dry-run --set cluster.nodes=16 --set cluster.gpus_per_node=8
+    nft-train --check-env [--recipe R] [--cpu]
 """
 from __future__ import annotations
 
@@ -16,16 +17,26 @@ from megatron_nft.config import ConfigError, load_config
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nft-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", required=True, help="recipe YAML (see recipes/)")
+    p.add_argument("--recipe", help="recipe YAML (see recipes/); required except with --check-env")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one recipe key, e.g. --set parallel.tp=2 (repeatable)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the recipe against cluster.* and print the plan; needs no GPU")
+    p.add_argument("--check-env", action="store_true",
+                   help="print the stack's versions and check this node (CUDA, GPUs, Transformer Engine, vLLM, "
+                        "the recipe's model/data paths, disk); exit 2 naming each problem")
+    p.add_argument("--cpu", action="store_true",
+                   help="with --check-env: the run is meant for CPU; skip the CUDA / GPU / extension checks")
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check_env:
+        return _check_env(args)
+    if args.recipe is None:
+        parser.error("--recipe is required (except with --check-env)")
     try:
         cfg = load_config(args.recipe, args.overrides)
         if not args.dry_run:  # FP8 / Transformer Engine problems fail here, before vLLM or a model starts
@@ -59,6 +70,18 @@ def main(argv=None) -> int:
 
         destroy()
     return 0
+
+
+def _check_env(args) -> int:
+    from megatron_nft.envcheck import check_env
+
+    try:
+        cfg = load_config(args.recipe, args.overrides) if args.recipe else None
+    except ConfigError as e:
+        print(f"nft-train: config error: {e}", file=sys.stderr)
+        return 2
+    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+    return check_env(cfg, cpu=args.cpu)
 
 
 if __name__ == "__main__":
