@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Optional, Protocol
 
 from megatron_nft.latex import close_index as _close_index
@@ -84,6 +85,11 @@ def parse_structure(s: str, list_ok: bool = True) -> Node:
         if len(parts) >= 2 and all(parts):
             return Node("tuple", items=_items(parts), open=s[0], close=s[-1])
     if list_ok:
+        groups = _split_top(s, ";") if ";" in s else []
+        if len(groups) >= 2 and all(len(_split_top(x)) >= 2 for x in groups):
+            # "p=5,q=2; p=7,q=2": each group is one solution, written as assignments
+            return Node("list", items=[Node("tuple", items=_items(_split_top(x)), open="(", close=")")
+                                       for x in groups])
         parts = _split_top(s)
         if len(parts) == 1 and ";" in s:
             parts = _split_top(s, ";")
@@ -151,12 +157,26 @@ def split_relation(text: str) -> tuple[str, str, str]:
             return "", rhs, "plain"
         if _INEQ.search(depth_free):
             return "", text, "inequality"
-        if _SIMPLE_LHS.match(lhs):
+        if _SIMPLE_LHS.match(lhs) or _named_quantity(lhs):
             return lhs, rhs, "assign"
         return lhs, rhs, "equation"
     if _INEQ.search(depth_free):
         return "", text, "inequality"
     return "", text, "plain"
+
+
+_NAME_CMDS = re.compile(r"\\(?:frac|angle|overline|overrightarrow|vec|triangle|mathrm|text|operatorname|left|right)(?![a-zA-Z])")
+_SUBSCRIPT = re.compile(r"_\{[^{}]*\}|_\w")
+
+
+def _named_quantity(lhs: str) -> bool:
+    """A left side that only *names* the asked quantity: ``|AB|``, ``V_1:V_2``, ``S_{MBCN}:S``,
+    ``\\frac{NO}{BO}``, ``a_n``, ``xy`` -- letters, subscripts, ``| : /`` and naming commands, no
+    digits and no top-level ``+``/``-`` (so ``2x + z = 1`` is an equation, not a name)."""
+    t = _NAME_CMDS.sub("", _SUBSCRIPT.sub("", lhs))
+    if not re.search(r"[A-Za-z]", t) or re.search(r"\d|\\[a-zA-Z]", t):
+        return False
+    return not re.search(r"[+\-*^<>=]", _top_level(t))
 
 
 def _top_level(text: str) -> str:
@@ -212,6 +232,9 @@ def _atoms_equal(p: Node, g: Node, backend: Backend | None) -> Tri:
         return backend.relation(pt, gt) if backend else None
 
     # plain vs plain
+    r = _ratios_equal(pt, gt)
+    if r is not None:
+        return r
     pn, gn = simple_number(pt), simple_number(gt)
     if pn is not None and gn is not None:
         return any(
@@ -321,8 +344,11 @@ def _compare(p: Node, g: Node, backend: Backend | None) -> Tri:
         if other.kind == "list" and backend is not None:
             return backend.mismatch(p, g)  # interval vs inequalities "x<2, x>3"
         return False if other.kind == "set" else (backend.mismatch(p, g) if backend else None)
-    # list/set vs list/set: unordered multisets of answers
-    return _unordered(p.items, g.items, backend)
+    # list/set vs list/set: unordered multisets of answers (a repeated solution tuple is one)
+    ps, gs = p.items, g.items
+    if len(ps) != len(gs) and any(x.kind == "tuple" for x in ps + gs):
+        ps, gs = _distinct(ps), _distinct(gs)
+    return _unordered(ps, gs, backend)
 
 
 def _count_brackets(s: str) -> int:
@@ -349,6 +375,8 @@ def answers_equal(pred: str | None, gold: str | None, backend: Backend | None = 
         pn = _atom(p.replace(",", ""))
     if gn.kind == "list" and THOUSANDS.match(g) and not (pn.kind == "list" and len(pn.items) == len(gn.items)):
         gn = _atom(g.replace(",", ""))
+    pn, gn = _decimal_comma(pn, p, gn), _decimal_comma(gn, g, pn)
+    pn, gn = _chain_interval(pn), _chain_interval(gn)
     # whole-answer assignment "(x, y) = (1, 2)" / "S = \{1, 2\}"
     for side in ("p", "g"):
         node, text = (pn, p) if side == "p" else (gn, g)
@@ -363,3 +391,80 @@ def answers_equal(pred: str | None, gold: str | None, backend: Backend | None = 
                 else:
                     gn = new
     return _compare(pn, gn, backend)
+
+
+# --------------------------------------------------------------------------- rules on top
+# Each rule below carries a regression case in tests/test_rewards.py (test_rule_*).
+
+_RATIO_PART = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
+
+
+def _ratios_equal(pt: str, gt: str) -> Tri:
+    """``a:b`` answers. Clock times / a zero part (``12:00`` vs ``1:00``) compare part by part;
+    otherwise ratios are equal when proportional (``2:4`` = ``1:2``), and a two-part ratio
+    equals the number ``a/b`` (``7:32`` vs ``\\frac{7}{32}``). None when neither is a ratio."""
+    pp, gp = _split_top(pt, ":"), _split_top(gt, ":")
+    if len(pp) < 2 and len(gp) < 2:
+        return None
+    if len(pp) >= 2 and not all(_RATIO_PART.match(x) for x in pp):
+        return None
+    if len(gp) >= 2 and not all(_RATIO_PART.match(x) for x in gp):
+        return None
+    if len(pp) != len(gp):
+        ratio, other = (pp, gt) if len(pp) == 2 else (gp, pt) if len(gp) == 2 else (None, None)
+        num = simple_number(other) if ratio else None
+        if num is None or Fraction(ratio[1]) == 0:
+            return False
+        return num[1] is None and num[0] == Fraction(ratio[0]) / Fraction(ratio[1])
+    a, b = [Fraction(x) for x in pp], [Fraction(x) for x in gp]
+    if 0 in a or 0 in b:
+        return a == b
+    return all(x * b[0] == y * a[0] for x, y in zip(a, b))
+
+
+_INT_PAIR = re.compile(r"^[+-]?\d+,\d+$")
+
+
+def _decimal_comma(node: Node, text: str, other: Node) -> Node:
+    """``1000,99`` / ``2,74`` against a decimal number is a decimal comma (European style);
+    against anything else it stays a list of two answers."""
+    if node.kind != "list" or not _INT_PAIR.match(text) or THOUSANDS.match(text) or other.kind != "atom":
+        return node
+    num = simple_number(other.text)
+    if num is None or num[1] is None:
+        return node
+    return _atom(text.replace(",", "."))
+
+
+_CHAIN = re.compile(r"^(.+?)\s*(<|\\leq)\s*(.+?)\s*(<|\\leq)\s*(.+)$")
+
+
+def _chain_interval(node: Node) -> Node:
+    """``0 < f(x) < 1`` (a named middle between two plain bounds) -> the interval ``(0, 1)``.
+    Not for ``1 \\leq |z| \\leq 2`` (a union of two intervals: left to sympy)."""
+    if node.kind != "atom" or "<" not in node.text and "\\leq" not in node.text:
+        return node
+    m = _CHAIN.match(node.text)
+    if not m or "|" in m.group(3) or not (_SIMPLE_LHS.match(m.group(3)) or _named_quantity(m.group(3))):
+        return node
+    lo, hi = m.group(1), m.group(5)
+    if any(c in lo + hi for c in "<>=") or "\\leq" in lo + hi or "\\geq" in lo + hi:
+        return node
+    return Node("tuple", items=[_atom(lo), _atom(hi)], open="(" if m.group(2) == "<" else "[",
+                close=")" if m.group(4) == "<" else "]")
+
+
+def _node_key(node: Node) -> str:
+    if node.kind == "atom":
+        return key(node.text)
+    return node.kind + node.open + "|".join(_node_key(i) for i in node.items) + node.close
+
+
+def _distinct(items: list[Node]) -> list[Node]:
+    seen, out = set(), []
+    for it in items:
+        k = _node_key(it)
+        if k not in seen:
+            seen.add(k)
+            out.append(it)
+    return out

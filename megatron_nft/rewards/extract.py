@@ -52,6 +52,13 @@ _MATH_SEG = re.compile(r"\$\$(.+?)\$\$|\$([^$]+?)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)"
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 _HOPE = re.compile(r"\s*I hope it is correct\.?\s*$", re.IGNORECASE)
 _MATH_WORDS = {"and", "or", "pi", "sqrt", "frac", "infty", "inf", "mod", "cm", "mm", "km"}
+# "Final Answer: X" after a sentence on the same line ("... = 120. Final Answer: The volume is 120.")
+_FINAL_INLINE = re.compile(r"final\s+answer\s*\**\s*[:：]", re.IGNORECASE)
+_CHAT_TAIL = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id|end_of_text)\|>")
+_BARE_MAX = 300
+_BARE_DELIMS = ("$", "\\(", "\\[", "\\boxed", "\\fbox")
+_PROSE_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mbox|operatorname)\s*\{[^{}]*\}")
 
 
 def last_boxed(text: str, join: bool = True) -> tuple[int, str] | None:
@@ -169,6 +176,9 @@ def answer_line(text: str) -> tuple[int, str] | None:
     last = None
     for last in _ANSWER_LINE.finditer(text):
         pass
+    for inline in _FINAL_INLINE.finditer(text):
+        if last is None or inline.start() > last.end():
+            last = inline
     if last is None:
         return None
     rest = text[last.end() :]
@@ -186,24 +196,30 @@ def answer_line(text: str) -> tuple[int, str] | None:
     return last.start(), ans
 
 
-def extract_answer(response: str) -> str | None:
-    """Final answer text of a model response, or None if none can be found."""
-    if not isinstance(response, str):
-        response = "" if response is None else str(response)
-    if not response.strip():
+def _bare_answer(text: str) -> str | None:
+    """The whole response when it *is* the answer: short, no delimiters or boxes, at most one
+    prose word outside ``\\text{}`` ("\\frac{1}{3}", "x \\in [-2,7]", "odd", "28 percent")."""
+    s = text.strip()
+    if not s or len(s) > _BARE_MAX or "\n\n" in s or any(d in s for d in _BARE_DELIMS):
         return None
-    boxed = _last_boxed_span(response)
-    line = answer_line(response)
-    last_cmd = max(response.rfind("\\boxed"), response.rfind("\\fbox"))
-    if last_cmd != -1 and (boxed is None or last_cmd >= boxed[1]):
-        # the final box is broken (unbalanced/truncated): a formatting failure, no answer --
-        # unless a DAPO "Answer:" line follows it
-        return line[1] if line is not None and line[0] > last_cmd else None
-    if boxed is not None and (line is None or boxed[0] >= line[0] or line[0] < boxed[1]):
-        return boxed[2]  # the box comes last (or the "Answer:" is inside the box)
-    if line is not None:
-        return line[1]
-    # Fallbacks, most to least specific.
+    words = [w for w in _PROSE_WORD.findall(_TEXT_CMD.sub(" ", s)) if w.lower() not in _MATH_WORDS]
+    return s if len(words) <= 1 else None
+
+
+def _tidy(ans: str | None) -> str | None:
+    """Drop a closing ``\\)``/``\\]``/``$`` left over when the opening one was consumed."""
+    if not ans:
+        return ans
+    ans = ans.strip()
+    for close, open_ in (("\\)", "\\("), ("\\]", "\\["), ("$", "$")):
+        if ans.endswith(close) and ans.count(open_) < ans.count(close) + (close == "$"):
+            ans = ans[: -len(close)].rstrip()
+    return ans or None
+
+
+def _fallback_answer(response: str) -> str | None:
+    """No box and no "Answer:" line: "the answer is X", a bare answer, the last math segment
+    (or a number written after it), the last number."""
     m = None
     for m in _ANSWER_IS.finditer(response):
         pass
@@ -213,10 +229,16 @@ def extract_answer(response: str) -> str | None:
         ans = _answer_from_segment(tail if nl == -1 else tail[:nl])
         if ans:
             return ans
+    bare = _bare_answer(response)
+    if bare is not None:
+        return bare
     tail = response[-3000:]
     segs = [mm for mm in _MATH_SEG.finditer(tail)]
     if segs:
         mm = segs[-1]
+        after = _NUMBER.findall(tail, mm.end())
+        if after:  # "... $x$ ... increases by 100%."
+            return after[-1].rstrip(",").strip()
         seg = next(g for g in mm.groups() if g is not None).strip().rstrip(".,;")
         if seg:
             return seg
@@ -224,6 +246,29 @@ def extract_answer(response: str) -> str | None:
     if nums:
         return nums[-1].rstrip(",").strip()
     return None
+
+
+def extract_answer(response: str) -> str | None:
+    """Final answer text of a model response, or None if none can be found."""
+    if not isinstance(response, str):
+        response = "" if response is None else str(response)
+    head = _CHAT_TAIL.split(response, 1)[0]
+    if head.strip():
+        response = head  # "... I hope it is correct. <|im_start|>user ..." (a leaked turn)
+    if not response.strip():
+        return None
+    boxed = _last_boxed_span(response)
+    line = answer_line(response)
+    last_cmd = max(response.rfind("\\boxed"), response.rfind("\\fbox"))
+    if last_cmd != -1 and (boxed is None or last_cmd >= boxed[1]):
+        # the final box is broken (unbalanced/truncated): a formatting failure, no answer --
+        # unless a DAPO "Answer:" line follows it
+        return _tidy(line[1]) if line is not None and line[0] > last_cmd else None
+    if boxed is not None and (line is None or boxed[0] >= line[0] or line[0] < boxed[1]):
+        return boxed[2]  # the box comes last (or the "Answer:" is inside the box)
+    if line is not None:
+        return _tidy(line[1])
+    return _tidy(_fallback_answer(response))
 
 
 def extract_gold(gold) -> str:

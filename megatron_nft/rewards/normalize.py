@@ -84,6 +84,22 @@ def _strip_outer(s: str) -> str:
     return s
 
 
+_DOUBLED_CMD = re.compile(
+    r"\\\\(?=(?:le|ge|leq|geq|neq|lt|gt|frac|dfrac|sqrt|left|right|text|pi|cdot|times|infty|in|cup|cap|pm)(?![a-zA-Z]))"
+)
+_THIN_THOUSANDS = re.compile(r"(\d),\\!\s*(?=\d{3}(?!\d))")
+_ROW_END = re.compile(r"\\\\\s*(?=\\end\{)")
+
+
+def _repair(s: str) -> str:
+    """Spelling repairs: a doubled backslash before a command (``-2 \\\\le x``, JSON escaped
+    twice), ``12,\\!000`` thousands (before ``\\!`` is dropped), a ``\\\\`` ending the last row
+    of a matrix."""
+    s = _DOUBLED_CMD.sub(lambda m: "\\", s)
+    s = _THIN_THOUSANDS.sub(r"\1,", s)
+    return _ROW_END.sub("", s)
+
+
 def normalize(s: str) -> str:
     """Whole-answer normalisation (see module docstring). Never raises."""
     if not s:
@@ -94,6 +110,7 @@ def normalize(s: str) -> str:
     s = re.sub(r"\\boxed\s*|\\fbox\s*", "", s)
     s = re.sub(r"(?<!\\)\$", " ", s)
     s = _strip_outer(s)
+    s = _repair(s)
     s = s.replace("\\displaystyle", " ").replace("\\!", "")
     s = _SIZING.sub("", s)
     s = _SPACES.sub(" ", s)
