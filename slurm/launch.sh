@@ -23,7 +23,9 @@
 #   CONTAINER_IMAGE, CONTAINER_MOUNTS         pyxis/enroot: run every node inside this image;
 #                                             mounts default to NFT_ROOT at the same path
 #   NFT_SRUN_ARGS    extra srun arguments (word-split), e.g. "--mpi=none --cpu-bind=none"
-#   NFT_PREFLIGHT=0  skip the `--dry-run` layout check done before srun (megatron_nft.train only)
+#   NFT_PREFLIGHT=0  skip the `--dry-run` layout check and `--check-env` done before srun
+#                    (megatron_nft.train only; inside CONTAINER_IMAGE when set)
+#   NFT_PREFLIGHT_CPU=1  the run is meant for CPU: `--check-env --cpu` (slurm/nft_tiny.sh sets it)
 #   NFT_REQUEUE=0    on SIGUSR1 checkpoint and stop, but do not `scontrol requeue`
 #   NFT_LAUNCH_DRY=1 print the derived settings and every node's torchrun command; run nothing
 #
@@ -97,26 +99,31 @@ if [[ -n "${NFT_SRUN_ARGS:-}" ]]; then
 fi
 node_cmd=(bash "$NFT_ROOT/slurm/node.sh")
 
-echo "[launch] job ${JOB_ID:-none} restart ${SLURM_RESTART_COUNT:-0}: nnodes=$NNODES nproc_per_node=$NPROC_PER_NODE" \
-     "master=$MASTER_ADDR:$MASTER_PORT module=$NFT_MODULE python=$NFT_PYTHON log_dir=$LOG_DIR"
-echo "[launch] NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-} GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-}" \
-     "CONTAINER_IMAGE=${CONTAINER_IMAGE:-}"
-if [[ -n "${NFT_LAUNCH_DRY:-}" ]]; then
-    printf '[launch] srun'; printf ' %q' "${srun_args[@]}" "${node_cmd[@]}" "$@"; echo
-    for ((i = 0; i < NNODES; i++)); do
-        SLURM_NODEID=$i "${node_cmd[@]}" "$@"
-    done
-    exit 0
-fi
-mkdir -p "$LOG_DIR"
-env | grep -E '^(SLURM_|NFT_|MASTER_|NNODES|NPROC_PER_NODE|NCCL_|GLOO_)' | sort > "$LOG_DIR/launch.env" || true
-
-if [[ "$NFT_MODULE" == megatron_nft.train && "${NFT_PREFLIGHT:-1}" != 0 && -z "${CONTAINER_IMAGE:-}" ]]; then
-    # Layout check on the batch node before any rank starts (exit 2 = invalid layout); skipped
-    # with CONTAINER_IMAGE, whose python only exists inside the container.
-    pf=0
-    "$NFT_PYTHON" -m megatron_nft.train "$@" --dry-run --set "cluster.nodes=$NNODES" \
-        --set "cluster.gpus_per_node=$NPROC_PER_NODE" > "$LOG_DIR/preflight.txt" 2>&1 || pf=$?
+# Preflight (megatron_nft.train only), before any rank starts: the `--dry-run` layout check, then
+# `--check-env` (CUDA, GPUs per node, Transformer Engine / vllm._C imports, model/data paths, disk).
+# With CONTAINER_IMAGE both run inside the image on the first node (one srun task), since its
+# python only exists there. NFT_PREFLIGHT_CPU=1 (slurm/nft_tiny.sh) passes --cpu: a CPU run.
+preflight_cmds() {
+    local sets=(--set "cluster.nodes=$NNODES" --set "cluster.gpus_per_node=$NPROC_PER_NODE")
+    local cpu=()
+    if [[ "${NFT_PREFLIGHT_CPU:-0}" == 1 ]]; then cpu=(--cpu); fi
+    local py
+    py=$(printf '%q' "$NFT_PYTHON")
+    printf '%s -m megatron_nft.train' "$py"; printf ' %q' "$@" --dry-run "${sets[@]}"; echo
+    printf '%s -m megatron_nft.train' "$py"; printf ' %q' "$@" --check-env "${cpu[@]}" "${sets[@]}"; echo
+}
+preflight_runner() {  # the command prefix that runs one preflight command
+    if [[ -n "${CONTAINER_IMAGE:-}" ]]; then
+        printf '%q ' srun --nodes=1 --ntasks=1 --container-image="$CONTAINER_IMAGE" \
+            --container-mounts="${CONTAINER_MOUNTS:-$NFT_ROOT:$NFT_ROOT}" --container-workdir="$NFT_ROOT"
+    fi
+}
+preflight() {
+    local runner cmds pf=0
+    runner=$(preflight_runner)
+    mapfile -t cmds < <(preflight_cmds "$@")
+    # exit 2 = invalid layout; other codes (3 = does not fit) are warnings
+    bash -c "$runner${cmds[0]}" > "$LOG_DIR/preflight.txt" 2>&1 || pf=$?
     if [[ $pf -eq 2 ]]; then
         cat "$LOG_DIR/preflight.txt" >&2
         echo "[launch] preflight failed: fix the recipe (or NFT_PREFLIGHT=0 to skip)" >&2
@@ -125,6 +132,36 @@ if [[ "$NFT_MODULE" == megatron_nft.train && "${NFT_PREFLIGHT:-1}" != 0 && -z "$
         grep -E 'peak|DOES NOT FIT|error' "$LOG_DIR/preflight.txt" >&2 || true
         echo "[launch] preflight warning (exit $pf), starting anyway" >&2
     fi
+    pf=0
+    bash -c "$runner${cmds[1]}" > "$LOG_DIR/check_env.txt" 2>&1 || pf=$?
+    grep -E '^\[env\] python' "$LOG_DIR/check_env.txt" || true
+    if [[ $pf -ne 0 ]]; then
+        cat "$LOG_DIR/check_env.txt" >&2
+        echo "[launch] --check-env found problems (each line names the fix; NFT_PREFLIGHT=0 skips)" >&2
+        exit 2
+    fi
+}
+
+echo "[launch] job ${JOB_ID:-none} restart ${SLURM_RESTART_COUNT:-0}: nnodes=$NNODES nproc_per_node=$NPROC_PER_NODE" \
+     "master=$MASTER_ADDR:$MASTER_PORT module=$NFT_MODULE python=$NFT_PYTHON log_dir=$LOG_DIR"
+echo "[launch] NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-} GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-}" \
+     "CONTAINER_IMAGE=${CONTAINER_IMAGE:-}"
+if [[ -n "${NFT_LAUNCH_DRY:-}" ]]; then
+    printf '[launch] srun'; printf ' %q' "${srun_args[@]}" "${node_cmd[@]}" "$@"; echo
+    if [[ "$NFT_MODULE" == megatron_nft.train && "${NFT_PREFLIGHT:-1}" != 0 ]]; then
+        runner=$(preflight_runner)
+        preflight_cmds "$@" | sed "s|^|[launch] preflight: $runner|"
+    fi
+    for ((i = 0; i < NNODES; i++)); do
+        SLURM_NODEID=$i "${node_cmd[@]}" "$@"
+    done
+    exit 0
+fi
+mkdir -p "$LOG_DIR"
+env | grep -E '^(SLURM_|NFT_|MASTER_|NNODES|NPROC_PER_NODE|NCCL_|GLOO_)' | sort > "$LOG_DIR/launch.env" || true
+
+if [[ "$NFT_MODULE" == megatron_nft.train && "${NFT_PREFLIGHT:-1}" != 0 ]]; then
+    preflight "$@"
 fi
 
 stop_requested=0

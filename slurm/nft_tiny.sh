@@ -18,5 +18,6 @@
 set -euo pipefail
 export NPROC_PER_NODE=${NPROC_PER_NODE:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export NFT_PREFLIGHT_CPU=${NFT_PREFLIGHT_CPU:-1}   # a CPU run: the launcher's --check-env skips CUDA
 NFT_ROOT=${NFT_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
 exec bash "$NFT_ROOT/slurm/launch.sh" --recipe "${NFT_RECIPE:-recipes/tiny_cpu.yaml}" "$@"

@@ -20,8 +20,8 @@ def test_shellcheck_clean():
                     "this test deliberately fails rather than skips)")
     names = {os.path.relpath(s, ROOT) for s in SCRIPTS}
     assert {"slurm/launch.sh", "slurm/node.sh", "slurm/nft_tiny.sh", "slurm/nft_7b.sh", "slurm/nft_32b.sh",
-            "slurm/convert.sh", "slurm/eval.sh", ".ci/slurm_up.sh", ".ci/slurm_down.sh",
-            ".ci/slurm_test.sh"} <= names
+            "slurm/convert.sh", "slurm/eval.sh", "slurm/build_image.sh", ".ci/slurm_up.sh", ".ci/slurm_down.sh",
+            ".ci/slurm_test.sh", ".ci/mcore_gpu_pin.sh"} <= names
     r = subprocess.run([exe, "-x", *SCRIPTS], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -122,3 +122,38 @@ def test_convert_wrapper(tmp_path):
     assert node_cmds(out)["0"].endswith("--nproc-per-node 1 --master-addr h0 --master-port 29509 "
                                         "--log-dir " + ROOT + "/logs/9/torchrun/node0 "
                                         "-m megatron_nft.checkpoint.convert hf-to-mcore --hf /m --out /o")
+
+
+def _preflight(out):
+    return re.findall(r"^\[launch\] preflight: (.*)$", out, re.M)
+
+
+def test_preflight_checks_env_inside_the_container(tmp_path):
+    env = _env(tmp_path, SLURM_JOB_ID="3", SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="g[1-2]", FAKE_HOSTS="g1 g2",
+               SLURM_GPUS_PER_NODE="8", CONTAINER_IMAGE="/shared/nft.sqsh")
+    dry, check = _preflight(run("slurm/launch.sh", env, "--recipe", "recipes/x.yaml"))
+    for cmd in (dry, check):
+        assert cmd.startswith("srun --nodes=1 --ntasks=1 --container-image=/shared/nft.sqsh "
+                              f"--container-mounts={ROOT}:{ROOT} --container-workdir={ROOT} python -m megatron_nft.train")
+        assert cmd.endswith("--set cluster.nodes=2 --set cluster.gpus_per_node=8")
+    assert "--dry-run" in dry and "--check-env --set" in check  # a GPU job: no --cpu
+
+
+def test_preflight_tiny_cpu_run_skips_cuda_and_bare_metal_runs_directly(tmp_path):
+    env = _env(tmp_path, SLURM_JOB_ID="4", SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="n[1-2]", FAKE_HOSTS="n1 n2",
+               SLURM_SUBMIT_DIR=ROOT, NFT_PYTHON="python3")
+    dry, check = _preflight(run("slurm/nft_tiny.sh", env))
+    assert dry.startswith("python3 -m megatron_nft.train --recipe recipes/tiny_cpu.yaml --dry-run")
+    assert "--check-env --cpu --set cluster.nodes=2 --set cluster.gpus_per_node=1" in check
+    assert not _preflight(run("slurm/nft_tiny.sh", dict(env, NFT_PREFLIGHT="0")))
+
+
+def test_build_image_dry_run_follows_the_pins(tmp_path):
+    env = dict(_env(tmp_path), NFT_BUILD_DRY="1", NFT_IMAGE_DIR=str(tmp_path / "img"))
+    out = run("slurm/build_image.sh", env, str(tmp_path / "nft.sqsh"))
+    vllm = re.search(r"^vllm==(\S+)$", open(os.path.join(ROOT, "requirements-gpu.txt")).read(), re.M).group(1)
+    steps = re.findall(r"^\[build_image\] (enroot \w+)", out, re.M)
+    assert steps == ["enroot import", "enroot create", "enroot start", "enroot export"]
+    assert f"docker://vllm/vllm-openai:v{vllm}" in out
+    assert "pip install --no-build-isolation -r requirements-gpu-te.txt" in out
+    assert f"enroot export --output {tmp_path / 'nft.sqsh'}" in out
