@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from megatron_nft.rollout.base import Completion, SamplingConfig, make_engine, vllm_available
+from megatron_nft.rollout import Completion, SamplingConfig, make_engine, vllm_available
 
 __all__ = ["vllm_llm_kwargs", "VLLMEvalEngine", "build_engine", "resolve_engine_kind"]
 
