@@ -8,9 +8,11 @@
 #
 # Beforehand: megatron-core (and small deps the box may lack) must come along as wheels, for the
 # box's Python (cp312 by default). --fetch-wheels runs, into benchmarks/wheels/ (NFT_WHEELS):
-#   pip download --no-deps megatron-core==0.16.1 --python-version 3.12 --only-binary=:all: \
+#   pip download --no-deps megatron-core==$MCORE_VERSION --python-version 3.12 --only-binary=:all: \
 #       --platform manylinux_2_28_x86_64 -d benchmarks/wheels
-#     -> megatron_core-0.16.1-cp312-cp312-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl (2.6 MB)
+#     MCORE_VERSION defaults to requirements-gpu.txt's pin (0.19.2: Python >= 3.12 only; use
+#     MCORE_VERSION=0.16.1 for a 3.10/3.11 box)
+#     -> megatron_core-0.19.2-cp312-cp312-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl (2.4 MB)
 #   pip download --only-binary=:all: --python-version 3.12 ... pyyaml safetensors tqdm pytest
 #       packaging numpy                      (~19 MB, numpy 16 of them: NO_NUMPY=1 skips it;
 #                                             installed on the box only where missing)
@@ -45,7 +47,9 @@ cd "$REPO" || exit 2
 PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null 2>&1 || PY=python
 WHEELS=${NFT_WHEELS:-$REPO/benchmarks/wheels}
-MCORE_VERSION=${MCORE_VERSION:-0.16.1}
+# default: the GPU pin (requirements-gpu.txt); it needs Python >= 3.12 (MCORE_VERSION=0.16.1 for 3.10/3.11)
+MCORE_VERSION=${MCORE_VERSION:-$(sed -n 's/^megatron-core==\([0-9.]*\).*/\1/p' "$REPO/requirements-gpu.txt")}
+MCORE_VERSION=${MCORE_VERSION:-0.19.2}
 SITE=${NFT_GPU_SITE:-/tmp/nft_gpu_site}
 BUDGET=${NFT_GPU_CHECK_BUDGET_S:-460}   # seconds for everything (stay under 8 minutes)
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
