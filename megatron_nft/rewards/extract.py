@@ -58,7 +58,7 @@ _CHAT_TAIL = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id|end_of_text)\|>
 _BARE_MAX = 300
 _BARE_DELIMS = ("$", "\\(", "\\[", "\\boxed", "\\fbox")
 _PROSE_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
-_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mbox|operatorname)\s*\{[^{}]*\}")
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mbox|operatorname|begin|end)\s*\{[^{}]*\}")
 
 
 def last_boxed(text: str, join: bool = True) -> tuple[int, str] | None:

@@ -397,15 +397,28 @@ def _is_real_bound(x) -> bool:
 
 
 class SympyBackend:
-    """Implements the ``Backend`` protocol of ``equivalence.py``."""
+    """Implements the ``Backend`` protocol of ``equivalence.py``. ``unparsed`` records that some
+    comparison was lost because a side could not be parsed (the cue for math-verify's verdict);
+    ``too_big`` that a side was rejected by the size guard (math-verify is not asked then)."""
+
+    def __init__(self):
+        self.unparsed = False
+        self.too_big = False
+
+    def _parse(self, parse, pred, gold):
+        try:
+            return parse(pred), parse(gold)
+        except TooBig:
+            self.too_big = True
+        except Exception:
+            self.unparsed = True
+        return None
 
     def atom(self, pred: str, gold: str, pred_pct: bool, gold_pct: bool) -> Tri:
-        try:
-            a, b = parse_latex(pred), parse_latex(gold)
-        except TooBig:
+        parsed = self._parse(parse_latex, pred, gold)
+        if parsed is None:
             return False
-        except Exception:
-            return False
+        a, b = parsed
         r = _decimal_vs_exact(pred, a, pred_pct, gold, b, gold_pct)
         if r is not None:
             return r
@@ -414,17 +427,14 @@ class SympyBackend:
         return any(obj_equal(x, y) for x in cands_a for y in cands_b)
 
     def relation(self, pred: str, gold: str) -> Tri:
-        try:
-            a, b = parse_latex(pred), parse_latex(gold)
-        except Exception:
-            return False
-        return obj_equal(a, b)
+        parsed = self._parse(parse_latex, pred, gold)
+        return False if parsed is None else obj_equal(*parsed)
 
     def mismatch(self, pred: Node, gold: Node) -> Tri:
-        try:
-            a, b = _node_to_sympy(pred), _node_to_sympy(gold)
-        except Exception:
+        parsed = self._parse(_node_to_sympy, pred, gold)
+        if parsed is None:
             return False
+        a, b = parsed
         if isinstance(a, MatrixBase) != isinstance(b, MatrixBase):
             return False
         return obj_equal(a, b)
@@ -442,7 +452,30 @@ def warmup() -> None:
             pass
 
 
+def math_verify_judge(pred: str, gold: str) -> bool:
+    """math-verify's own verdict, fed as verl and NeMo-RL feed it: the gold wrapped in
+    ``\\boxed{}``; the prediction (already extracted by us) boxed too. No signal-based
+    timeouts: the parent's SIGKILL is the limit."""
+    from math_verify import parse, verify
+
+    try:
+        g = parse("\\boxed{" + gold + "}", parsing_timeout=None)
+        p = parse("\\boxed{" + pred + "}", parsing_timeout=None)
+        return bool(g and p and verify(g, p, timeout_seconds=None))
+    except Exception:
+        return False
+
+
 def slow_decide(pred: str, gold: str, guard: bool) -> bool:
-    """The full comparison with the sympy backend (what a worker runs)."""
+    """What a worker runs. Our rules with the sympy backend decide; where they lost a
+    comparison only because LaTeX did not parse, math-verify's verdict (parser with more
+    coverage) is taken instead. Where both sides parsed, our exact comparison stands (it
+    refutes math-verify's known false positives: float rounding of tiny values,
+    ``1 - 1/e`` vs ``1 + 1/e``, ``12:00`` vs ``1:00``)."""
+    backend = SympyBackend()
     with guard_disabled(not guard):
-        return bool(answers_equal(pred, gold, backend=SympyBackend()))
+        if answers_equal(pred, gold, backend=backend):
+            return True
+        if backend.unparsed and not backend.too_big and not (guard and (too_big(pred) or too_big(gold))):
+            return math_verify_judge(pred, gold)
+    return False
