@@ -48,7 +48,6 @@ trap 'if [[ "${NFT_BUILD_DRY:-0}" != 1 ]]; then enroot remove --force "$NAME" > 
 run enroot create --name "$NAME" "$BASE_SQSH"
 install="set -euo pipefail; cd '$NFT_ROOT'; export MAX_JOBS=$MAX_JOBS NVTE_FRAMEWORK=pytorch PIP_NO_CACHE_DIR=1
 python3 -m pip install -r requirements-gpu.txt
-python3 -m pip install ninja
 python3 -m pip install --no-build-isolation -r requirements-gpu-te.txt
 python3 -m pip install --no-deps -e .
 nft-train --check-env --cpu"
