@@ -160,12 +160,8 @@ def check_transformer_engine(rep: Report, cfg: Optional[RecipeConfig], cpu: bool
         return
     if cpu:
         return
-    err = try_import("transformer_engine.pytorch")
-    if err:
-        rep.problem(f"Transformer Engine {installed} is installed but transformer_engine.pytorch does not import "
-                    f"({err}): it was built against another torch; rebuild it against this one: {TE_REBUILD}")
-        return
-    rep.info("transformer_engine.pytorch imports")
+    _check_import(rep, "transformer_engine.pytorch", f"Transformer Engine {installed} was built against another "
+                  f"torch (import transformer_engine alone hides that); rebuild it against this one: {TE_REBUILD}")
 
 
 def check_vllm(rep: Report, cfg: Optional[RecipeConfig], cpu: bool) -> None:
@@ -179,12 +175,16 @@ def check_vllm(rep: Report, cfg: Optional[RecipeConfig], cpu: bool) -> None:
                    f"install the set vLLM was built for ({GPU_PINS}); never vllm alone into another torch")
     if cpu:
         return
-    err = try_import("vllm._C")
+    _check_import(rep, "vllm._C", f"vLLM's compiled extension, vLLM's torch and this machine disagree; "
+                  f"reinstall the pinned set ({GPU_PINS})")
+
+
+def _check_import(rep: Report, module: str, why_and_fix: str) -> None:
+    err = try_import(module)
     if err:
-        rep.problem(f"vLLM's compiled extension vllm._C does not import ({err}): vLLM, torch and this machine "
-                    f"disagree; reinstall the pinned set ({GPU_PINS})")
-        return
-    rep.info("vllm._C imports")
+        rep.problem(f"{module} does not import ({err}): {why_and_fix}")
+    else:
+        rep.info(f"{module} imports")
 
 
 def check_project_requires(rep: Report) -> None:
