@@ -319,6 +319,62 @@ def test_in_process_matches_pool(table_results):
         assert verify_answer(response, gold) is table_results[0][idx], CASES[idx]
 
 
+# --------------------------------------------------------------------------- rules on top
+# One regression case (or a pair: the match and its near miss) per rule added on top of
+# math-verify; each from a real benchmark answer (../shared/data/eval) or a grader's test /
+# bug report. (response, gold, expected, rule, source)
+MV_TESTS = "huggingface/Math-Verify tests/"
+RULE_CASES = [
+    # bare answers: the whole short response is the answer, not its last number
+    (r"\frac{10}{9}", "10/9", True, "bare", MV_TESTS + "test_all.py::test_simple_fraction_notation"),
+    (r"\frac{1+\sqrt{5}}{2}", "2", False, "bare", MV_TESTS + "test_all.py::test_complex_math_expressions"),
+    (r"\sqrt[3]{2}", r"2^{1/3}", True, "bare", "MATH500 style cube root"),
+    (r"\begin{pmatrix} 1 \\ -2 \end{pmatrix}", r"\begin{pmatrix} 1 \\ -2 \end{pmatrix}", True, "bare", "MATH500 vector answer"),
+    ("odd", r"\text{odd}", True, "bare", MV_TESTS + "test_numina_cases.py"),
+    ("no digits here", "5", False, "bare", "prose is not a bare answer"),
+    # "Final Answer: ..." after a sentence on the same line; a leaked next chat turn
+    ("so 5 x 6 x 4 = 120. Final Answer: The volume of $ABCDEFGH$ is 120. I hope it is correct.", "120", True,
+     "final-inline", MV_TESTS + "test_all.py::test_math_extraction_edge_cases"),
+    ("Thus it is 19. <|im_start|>user\nNext: what is 7?", "19", True, "chat-tail", MV_TESTS + "test_all.py"),
+    # thousands with ,\! and a decimal comma
+    (r"is $\boxed{11,\! 111,\! 111,\! 100}$", "11111111100", True, "thin-thousands", "MATH500 gold 11,\\! 111,\\! 111,\\! 100"),
+    (r"\boxed{10,\!080}", "10080", True, "thin-thousands", "MATH500 gold 10,\\!080"),
+    (r"is $\boxed{32, 349}$", "32349", False, "thin-thousands", MV_TESTS + "test_all.py (a list, not 32349)"),
+    ("1000,99", "1000.99", True, "decimal-comma", MV_TESTS + "test_all.py::test_number_extraction"),
+    ("1000,99", "1000, 99", True, "decimal-comma", "against a list it stays a list"),
+    # a value against an equation whose left side only names the quantity
+    ("1", "|AB|=1", True, "named-lhs", MV_TESTS + "test_open_thoughts.py"),
+    ("11:21", "V_{1}:V_{2}=11:21", True, "named-lhs", MV_TESTS + "test_numina_cases.py"),
+    (r"\frac{1}{\sqrt{6}}", r"\frac{NO}{BO}=\frac{1}{\sqrt{6}}", True, "named-lhs", MV_TESTS + "test_numina_cases.py"),
+    ("1", "2x + z = 1", False, "named-lhs", MV_TESTS + "test_all.py::test_relations_math"),
+    ("0", "a^2 + b = 0", False, "named-lhs", MV_TESTS + "test_all.py::test_relations_math"),
+    # ratios and clock times
+    ("$1:00$", "12:00", False, "ratio", "https://github.com/huggingface/Math-Verify/issues/14"),
+    ("2:4", "1:2", True, "ratio", "ratio answers (OlympiadBench style 7:32)"),
+    (r"\frac{7}{32}", "7:32", True, "ratio", MV_TESTS + "test_numina_cases.py"),
+    # ';'-separated solutions written as assignments; a repeated solution tuple
+    ("(5,2),(7,2)", "p=5,q=2;p=7,q=2", True, "semicolon-groups", MV_TESTS + "test_numina_cases.py"),
+    ("(5,2),(7,3)", "p=5,q=2;p=7,q=2", False, "semicolon-groups", "near miss of the row above"),
+    (r"\boxed{(3,37,3,13),(3,17,3,7),(3,3,2,3),(3,17,3,7),(17,3,3,7),(37,3,3,13)}",
+     "(37,3,3,13),(17,3,3,7),(3,37,3,13),(3,17,3,7),(3,3,2,3)", True, "distinct-tuples", MV_TESTS + "test_numina_cases.py"),
+    # an inequality chain with a named middle is an interval; x \in; doubled backslashes
+    ("(0,1)", "0<f(x)<1", True, "chain", MV_TESTS + "test_numina_cases.py"),
+    ("[0,1)", "0<f(x)<1", False, "chain", "near miss of the row above"),
+    ("x \\in [-2,7]", r"-2 \\le x \\le 7", True, "doubled-backslash", MV_TESTS + "test_all.py::test_set_rel_assymetry"),
+    ("x \\in [-2,7]", r"[-2,7]", True, "x-in", "MATH500 gold x \\in [-2,7]"),
+    # math-verify judges where our sympy parse fails (matrix with a trailing \\ row end)
+    (r"\begin{pmatrix}\frac{1}{3x^{2/3}}&0\\0&1\end{pmatrix}", r"\begin{pmatrix}\frac{1}{3\sqrt[3]{x}^2}&0\\0&1\\\end{pmatrix}",
+     True, "row-end", MV_TESTS + "test_all.py::test_complex_math_expressions"),
+    (r"1 + \frac{1}{\mathrm{e}}", r"1 - \frac{1}{\mathrm{e}}", False, "exact-veto", "https://github.com/huggingface/Math-Verify/issues/14"),
+]
+
+
+@pytest.mark.parametrize("case", RULE_CASES, ids=[f"{c[3]}:{c[1][:20]}" for c in RULE_CASES])
+def test_rule_regressions(pool, case):
+    response, gold, expected, rule, source = case
+    assert pool.verify(response, gold) is expected, f"rule {rule} ({source}): {response!r} vs {gold!r}"
+
+
 # --------------------------------------------------------------------------- extraction
 
 

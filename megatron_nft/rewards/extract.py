@@ -57,7 +57,7 @@ _FINAL_INLINE = re.compile(r"final\s+answer\s*\**\s*[:：]", re.IGNORECASE)
 _CHAT_TAIL = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id|end_of_text)\|>")
 _BARE_MAX = 300
 _BARE_DELIMS = ("$", "\\(", "\\[", "\\boxed", "\\fbox")
-_PROSE_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
+_PROSE_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mbox|operatorname|begin|end)\s*\{[^{}]*\}")
 
 
@@ -198,11 +198,13 @@ def answer_line(text: str) -> tuple[int, str] | None:
 
 def _bare_answer(text: str) -> str | None:
     """The whole response when it *is* the answer: short, no delimiters or boxes, at most one
-    prose word outside ``\\text{}`` ("\\frac{1}{3}", "x \\in [-2,7]", "odd", "28 percent")."""
+    word of two letters or more (segment names like ``AB`` aside) outside ``\\text{}``:
+    "\\frac{1}{3}", "x \\in [-2,7]", "odd", "28 percent"; not "Thus it is 19"."""
     s = text.strip()
     if not s or len(s) > _BARE_MAX or "\n\n" in s or any(d in s for d in _BARE_DELIMS):
         return None
-    words = [w for w in _PROSE_WORD.findall(_TEXT_CMD.sub(" ", s)) if w.lower() not in _MATH_WORDS]
+    words = [w for w in _PROSE_WORD.findall(_TEXT_CMD.sub(" ", s))
+             if w.lower() not in _MATH_WORDS and not (w.isupper() and len(w) <= 3)]  # AB, CD: names
     return s if len(words) <= 1 else None
 
 
