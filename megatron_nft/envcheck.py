@@ -7,7 +7,8 @@ transformers), then checks, one line per problem naming the fix (exit 2 if any):
   ``rollout.vllm_tp``) -- skipped with ``--cpu`` (a run meant for CPU, e.g. the tiny recipe);
 * ``transformer_engine.pytorch`` really imports (a TE built against another torch still lets
   ``import transformer_engine`` succeed, then megatron-core fails; ../shared/DESIGN.md);
-* vLLM's compiled extension ``vllm._C`` imports and vLLM's own torch requirement holds;
+* vLLM's compiled extension loads (``vllm._C``; ``vllm._C_stable_libtorch`` in 0.33's CUDA build,
+  through vLLM's own ``current_platform.import_kernels()``) and vLLM's torch requirement holds;
 * the installed versions satisfy megatron-nft's requirements (megatron-core's bound in setup.py);
 * the recipe's model (config.json parses, tokenizer files present) and data files load
   (headers only: first record / parquet schema);
@@ -59,23 +60,38 @@ def _dist_of(module: str) -> Optional[str]:
     return dists[0] if dists else None
 
 
-def try_import(module: str, timeout: int = 300) -> Optional[str]:
-    """Imports ``module`` in a child interpreter (a compiled extension built for another CPU or
-    torch can kill the process: SIGILL / SIGSEGV); returns None on success, else the error."""
+def try_code(code: str, timeout: int = 300) -> Optional[str]:
+    """Runs ``code`` in a child interpreter (a compiled extension built for another CPU or torch
+    can kill the process: SIGILL / SIGSEGV); returns None on success, else the error."""
     import signal
     import subprocess
 
-    code = f"import warnings; warnings.simplefilter('ignore'); import {module}"
+    code = "import warnings; warnings.simplefilter('ignore')\n" + code
     try:
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return f"import did not finish in {timeout} s"
+        return f"did not finish in {timeout} s"
     if p.returncode == 0:
         return None
     if p.returncode < 0:
         return f"the interpreter died with {signal.Signals(-p.returncode).name}"
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
     return lines[-1][:300] if lines else f"exit {p.returncode}"
+
+
+def try_import(module: str) -> Optional[str]:
+    return try_code(f"import {module}")
+
+
+# vLLM's own loader picks the platform's extension (0.33 CUDA: vllm._C_stable_libtorch; CPU builds:
+# vllm._C / _C_AVX2 / _C_AVX512) and only logs a failure, so check that its ops got registered.
+VLLM_KERNELS = """import torch
+from vllm.platforms import current_platform
+current_platform.import_kernels()
+if not hasattr(torch.ops._C, "rms_norm"):
+    raise SystemExit("RuntimeError: vLLM's compiled ops (torch.ops._C) are not registered after "
+                     f"{type(current_platform).__name__}.import_kernels()")
+"""
 
 
 def _satisfies(version: str, req: Requirement) -> bool:
@@ -175,8 +191,12 @@ def check_vllm(rep: Report, cfg: Optional[RecipeConfig], cpu: bool) -> None:
                    f"install the set vLLM was built for ({GPU_PINS}); never vllm alone into another torch")
     if cpu:
         return
-    _check_import(rep, "vllm._C", f"vLLM's compiled extension, vLLM's torch and this machine disagree; "
-                  f"reinstall the pinned set ({GPU_PINS})")
+    err = try_code(VLLM_KERNELS)
+    if err:
+        rep.problem(f"vLLM's compiled extension does not load ({err}): vLLM, torch and this machine disagree; "
+                    f"reinstall the pinned set ({GPU_PINS})")
+    else:
+        rep.info("vLLM's compiled extension loads (torch.ops._C registered)")
 
 
 def _check_import(rep: Report, module: str, why_and_fix: str) -> None:

