@@ -362,6 +362,13 @@ RULE_CASES = [
     ("[0,1)", "0<f(x)<1", False, "chain", "near miss of the row above"),
     ("x \\in [-2,7]", r"-2 \\le x \\le 7", True, "doubled-backslash", MV_TESTS + "test_all.py::test_set_rel_assymetry"),
     ("x \\in [-2,7]", r"[-2,7]", True, "x-in", "MATH500 gold x \\in [-2,7]"),
+    # a gold decimal (3+ significant digits) is a rounding: exact / more precise predictions match
+    (r"\boxed{\frac{100}{3}}", "33.3", True, "gold-rounding", "QwenLM/Qwen2.5-Math evaluation/grader.py (pred 100/3, gt 33.3)"),
+    (r"\boxed{27.3912}", "27.39", True, "gold-rounding", "Minerva gold 27.39 (distance modulus)"),
+    (r"\boxed{27.38}", "27.39", False, "gold-rounding", "near miss of the row above"),
+    (r"\boxed{\frac{1}{3}}", "0.3", False, "gold-rounding", "one significant digit is not a statement of the value"),
+    (r"\boxed{3.1415926}", r"\pi", True, "truncation", "a truncated decimal of the exact gold"),
+    (r"\boxed{0.0833333333333333}", r"\frac{1}{12}", True, "truncation", MV_TESTS + "test_all.py::test_complex_math_expressions"),
     # math-verify judges where our sympy parse fails (matrix with a trailing \\ row end)
     (r"\begin{pmatrix}\frac{1}{3x^{2/3}}&0\\0&1\end{pmatrix}", r"\begin{pmatrix}\frac{1}{3\sqrt[3]{x}^2}&0\\0&1\\\end{pmatrix}",
      True, "row-end", MV_TESTS + "test_all.py::test_complex_math_expressions"),

@@ -336,17 +336,29 @@ def _sign(sign: str, v: Fraction) -> Fraction:
     return -v if sign == "-" else v
 
 
+def _gold_states_digits(g: Fraction, ug: Fraction | None) -> bool:
+    """The gold is a decimal with at least three significant digits (``33.3``, ``2.74``)."""
+    return ug is not None and abs(g) >= 200 * ug
+
+
 def numbers_equal(a: Fraction, ua: Fraction | None, b: Fraction, ub: Fraction | None) -> bool:
-    """Exact values must be equal. A decimal matches an exact value if it is that value
-    rounded to the decimal's own last digit *and* within ``REL_TOL`` (so 0.333333 = 1/3 but
-    0.333 != 1/3, and 16386.03 != 16386). Two decimals must be equal as written."""
+    """``a`` (prediction, half-ulp ``ua``) against ``b`` (gold, ``ub``). Exact values must be
+    equal. A gold decimal with three or more significant digits is a rounding of the true
+    value: an exact or more precise prediction matches when it rounds to it (``100/3`` for
+    ``33.3``, ``16386.164`` for ``16386.16``). A decimal prediction of an exact gold must be
+    the gold rounded or truncated at its last digit *and* within ``REL_TOL`` (``0.333333``
+    = 1/3, ``0.333`` != 1/3, ``3.1415926`` = pi). Otherwise two decimals must be equal."""
     if a == b:
         return True
-    if (ua is None) == (ub is None):
-        return False
-    dec, u, ex = (a, ua, b) if ua is not None else (b, ub, a)
-    diff = abs(dec - ex)
-    return diff <= u and diff <= Fraction(REL_TOL) * max(abs(dec), abs(ex))
+    diff = abs(a - b)
+    if _gold_states_digits(b, ub) and (ua is None or ua < ub):
+        return diff <= ub
+    close = diff <= Fraction(REL_TOL) * max(abs(a), abs(b))
+    if ua is None and ub is not None:  # exact prediction, short gold decimal
+        return diff <= ub and close
+    if ua is not None and ub is None:  # decimal prediction, exact gold
+        return diff <= 2 * ua and close
+    return False
 
 
 def pct_candidates(v: tuple[Fraction, Fraction | None], pct: bool) -> list:

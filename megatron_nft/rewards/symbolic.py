@@ -35,6 +35,7 @@ from sympy.core.relational import GreaterThan, LessThan, Relational, StrictGreat
 from .equivalence import REL_TOL, Node, Tri, answers_equal, simple_number
 from .fastparse import Unsupported, fast_parse
 from .guard import guard_disabled, too_big
+from .normalize import _gold_states_digits
 
 __all__ = ["SympyBackend", "parse_latex", "expr_equal", "obj_equal", "warmup", "slow_decide"]
 
@@ -347,9 +348,11 @@ def _mv_equal(a, b) -> bool:
 # --------------------------------------------------------------------------- backend
 
 def _decimal_vs_exact(pred: str, a, pred_pct: bool, gold: str, b, gold_pct: bool) -> Tri:
-    """A plain decimal against an exact expression (pi, sqrt 2, ...): the decimal must be the
-    exact value rounded to its last written digit, with ``REL_TOL`` relative accuracy
-    (3.14159 = pi, 3.14 != pi), like ``equivalence.numbers_equal`` for rationals."""
+    """A plain decimal against an exact expression (pi, sqrt 2, ...), the same rule as
+    ``normalize.numbers_equal`` for rationals: a gold decimal of three or more significant
+    digits matches the exact prediction it rounds (``1.73`` for ``\\sqrt{3}``); a predicted
+    decimal must be the exact gold rounded or truncated at its last digit with ``REL_TOL``
+    relative accuracy (``3.14159`` = pi, ``3.14`` != pi)."""
     pn, gn = simple_number(pred), simple_number(gold)
     if pn is not None and gn is not None:
         return None
@@ -365,11 +368,16 @@ def _decimal_vs_exact(pred: str, a, pred_pct: bool, gold: str, b, gold_pct: bool
     if v is None or not v.is_real:
         return None
     value, half_ulp = dec
+    dec_is_gold = dec is gn
     cands = [(value, half_ulp)] + ([(value / 100, half_ulp / 100)] if pct else [])
     for val, hu in cands:
         diff = abs(sympy.Rational(val.numerator, val.denominator) - v)
         scale = max(abs(v), abs(sympy.Rational(val.numerator, val.denominator)))
-        if diff <= sympy.Rational(hu.numerator, hu.denominator) and diff <= _FLOAT_TOL * scale:
+        hu_s = sympy.Rational(hu.numerator, hu.denominator)
+        if dec_is_gold and _gold_states_digits(val, hu):
+            if diff <= hu_s:  # the gold is the rounding of the exact prediction
+                return True
+        elif diff <= (hu_s if dec_is_gold else 2 * hu_s) and diff <= _FLOAT_TOL * scale:
             return True
     return False
 
