@@ -323,7 +323,9 @@ def check_disk(rep: Report, cfg: RecipeConfig) -> None:
 def check_env(cfg: Optional[RecipeConfig], cpu: bool = False, out=None) -> int:
     """Runs every check; returns 0 when there is no problem, else 2."""
     rep = Report(out)
-    versions(rep)
+    if versions(rep)["megatron_core"].startswith("import failed"):
+        rep.problem(f"megatron-core does not import: a Transformer Engine built against another torch breaks it; "
+                    f"rebuild TE ({TE_REBUILD}) or pip uninstall transformer-engine transformer-engine-torch")
     check_cuda(rep, cfg, cpu)
     check_transformer_engine(rep, cfg, cpu)
     check_vllm(rep, cfg, cpu)
