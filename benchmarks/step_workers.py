@@ -72,15 +72,15 @@ def make_recipe(args, *, bf16: bool):
 def make_samples(n: int, seq: int, vocab: int, seed: int, *, prompt_len: int, var_len=False):
     import torch
 
-    from megatron_nft.megatron.batches import TrainSample
+    from megatron_nft.types import Sample
 
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
         s = seq if not var_len else int(torch.randint(prompt_len + 2, seq + 1, (1,), generator=g))
         toks = torch.randint(0, vocab, (s,), generator=g).tolist()
-        out.append(TrainSample(tokens=toks, prompt_len=prompt_len, reward=float(i % 2),
-                               correct_rate=0.5, group=i // 4))
+        out.append(Sample(tokens=toks, prompt_len=prompt_len, correct=bool(i % 2), reward=float(i % 2),
+                          r_hat=0.5, group=i // 4))
     return out
 
 
@@ -92,7 +92,7 @@ def hf_state_of(gpt) -> dict:
         return dict(export_model_to_hf_state([gpt]))
     from megatron_nft.checkpoint import mapping as M
 
-    cfg = M.MappingConfig.from_arch(gpt.nft_arch)
+    cfg = gpt.nft_arch
     return M.mcore_to_hf_state({(0, 0): dict(gpt.named_parameters())}, cfg)
 
 

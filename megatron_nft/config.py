@@ -19,6 +19,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from megatron_nft.algorithms.registry import AGGREGATION_MODES, ALGORITHM_NAMES, NFT_WEIGHTINGS
+
 
 class ConfigError(ValueError):
     """A recipe key is unknown or has a bad value; the message names the key."""
@@ -67,13 +69,13 @@ class ParallelConfig:
 
 @dataclass
 class AlgorithmConfig:
-    name: Literal["nft", "rft", "grpo", "drgrpo", "dapo"] = "nft"
+    name: Literal[ALGORITHM_NAMES] = "nft"  # algorithms/registry.py
     epsilon: float = 1.0  # NFT: lower clip of the negative ratio (max_v(x, epsilon))
-    weighting: Literal["1-r", "grpo", "none"] = "1-r"  # NFT prompt weight omega(q)
+    weighting: Literal[NFT_WEIGHTINGS] = "1-r"  # NFT prompt weight omega(q)
     log_ratio_clamp: float = 10.0
     clip_low: float = 0.2  # GRPO/DAPO PPO clip
     clip_high: Optional[float] = None  # null = 0.28 for dapo (clip-higher), 0.2 otherwise
-    aggregation: Literal["token-mean", "seq-mean-token-mean", "token-sum-norm"] = "token-mean"
+    aggregation: Literal[AGGREGATION_MODES] = "token-mean"
     loss_constant: float = 1000.0  # divisor for token-sum-norm
     overlong_buffer: int = 0  # DAPO overlong reward shaping window (tokens); 0 = off
     overlong_penalty: float = 1.0
@@ -179,13 +181,6 @@ class RecipeConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def effective_clip_high(alg: AlgorithmConfig) -> float:
-    """DAPO's clip-higher (0.28) unless the recipe sets ``algorithm.clip_high``."""
-    if alg.clip_high is not None:
-        return alg.clip_high
-    return 0.28 if alg.name == "dapo" else 0.2
 
 
 # --------------------------------------------------------------------------- coercion

@@ -45,7 +45,9 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import replace
+
+from megatron_nft.arch import KNOWN_ARCHS, ModelArch, padded_vocab_size, parse_hf_config, tiny_arch  # noqa: F401
 
 from megatron_nft.config import ConfigError, RecipeConfig, parse_layer_split
 
@@ -54,55 +56,30 @@ SLACK_GIB = 3.0
 VLLM_ASLEEP_GIB = 1.0
 LOGPROB_CHUNK_TOKENS = 1024
 
-# Used when model.hf_path is not a readable directory (e.g. a hub id in a cluster recipe that is
-# dry-run on a laptop). Keyed by the lower-cased basename of model.hf_path.
-KNOWN_ARCHS = {
-    "qwen2.5-math-7b": dict(num_layers=28, hidden_size=3584, ffn_hidden_size=18944, num_attention_heads=28,
-                            num_kv_heads=4, head_dim=128, vocab_size=152064, tie_word_embeddings=False),
-    "qwen2.5-32b": dict(num_layers=64, hidden_size=5120, ffn_hidden_size=27648, num_attention_heads=40,
-                        num_kv_heads=8, head_dim=128, vocab_size=152064, tie_word_embeddings=False),
-}
 
-
-@dataclass
-class Arch:
-    name: str
-    source: str
-    num_layers: int
-    hidden_size: int
-    ffn_hidden_size: int
-    num_attention_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    tie_word_embeddings: bool
-
-
-def resolve_arch(cfg: RecipeConfig) -> Arch:
-    """Architecture of ``model.hf_path``: an HF dir / converted checkpoint, the built-in table,
-    or the embedded tiny model when hf_path is null."""
+def _resolve(cfg: RecipeConfig) -> tuple[ModelArch, str]:
+    """(architecture of ``model.hf_path`` with its display name, where it was read from): an HF
+    dir / converted checkpoint, the built-in table, or the embedded tiny model when null."""
     path = cfg.model.hf_path
     if path is None:
-        t = cfg.model.tiny
-        return Arch("tiny (embedded)", "model.tiny", t.num_layers, t.hidden_size, t.ffn_hidden_size,
-                    t.num_heads, t.num_kv_heads, t.head_dim, t.vocab_size, False)
+        return replace(tiny_arch(cfg.model.tiny), name="tiny (embedded)"), "model.tiny"
     base = os.path.basename(os.path.normpath(path))
     if os.path.isdir(path):
-        from megatron_nft.megatron.model import parse_hf_config
-
         for name in ("config.json", "hf_config.json"):
             f = os.path.join(path, name)
             if os.path.isfile(f):
-                a = parse_hf_config(f)
-                return Arch(base, f, a.num_layers, a.hidden_size, a.ffn_hidden_size, a.num_attention_heads,
-                            a.num_kv_heads, a.head_dim, a.vocab_size, a.tie_word_embeddings)
+                return replace(parse_hf_config(f), name=base), f
     known = KNOWN_ARCHS.get(base.lower())
     if known is None:
         raise ConfigError(
             f"model.hf_path: {path!r} is not a readable model directory (no config.json / hf_config.json) "
             f"and {base!r} is not in the built-in table ({', '.join(KNOWN_ARCHS)}); point it at a local "
             f"HF model directory to dry-run this recipe")
-    return Arch(base, "built-in table (model.hf_path is not a local directory)", **known)
+    return replace(known, name=base), "built-in table (model.hf_path is not a local directory)"
+
+
+def resolve_arch(cfg: RecipeConfig) -> ModelArch:
+    return _resolve(cfg)[0]
 
 
 def _divisors(n: int) -> list[int]:
@@ -117,7 +94,7 @@ def _fmt(xs) -> str:
     return ", ".join(str(x) for x in xs)
 
 
-def stage_layers(cfg: RecipeConfig, arch: Arch, errors: list) -> list[int]:
+def stage_layers(cfg: RecipeConfig, arch: ModelArch, errors: list) -> list[int]:
     pp, L = cfg.parallel.pp, arch.num_layers
     split = cfg.parallel.pp_layer_split
     if split:
@@ -139,18 +116,7 @@ def stage_layers(cfg: RecipeConfig, arch: Arch, errors: list) -> list[int]:
     return [L // pp] * pp
 
 
-def padded_vocab(v: int, tp: int, divisible_by: int) -> int:
-    m = max(1, divisible_by) * tp
-    return int(math.ceil(v / m) * m)
-
-
-def layer_params(a: Arch) -> int:
-    q, kv = a.num_attention_heads * a.head_dim, a.num_kv_heads * a.head_dim
-    attn = a.hidden_size * (q + 2 * kv) + (q + 2 * kv) + q * a.hidden_size  # QKV (+bias), out proj
-    return attn + 3 * a.hidden_size * a.ffn_hidden_size + 2 * a.hidden_size  # SwiGLU MLP, 2 norms
-
-
-def check(cfg: RecipeConfig, arch: Arch) -> tuple[list[str], list[str], dict]:
+def check(cfg: RecipeConfig, arch: ModelArch) -> tuple[list[str], list[str], dict]:
     """Returns (errors, warnings, facts)."""
     errors: list[str] = []
     warns: list[str] = []
@@ -222,29 +188,29 @@ def check(cfg: RecipeConfig, arch: Arch) -> tuple[list[str], list[str], dict]:
                                per_rank=per_rank, n_micro=n_micro, seq_max=seq_max)
 
 
-def total_params(cfg: RecipeConfig, arch: Arch) -> int:
+def total_params(cfg: RecipeConfig, arch: ModelArch) -> int:
     """All parameters of the model (vocab padded for TP), embeddings and final norm included."""
-    vpad = padded_vocab(arch.vocab_size, cfg.parallel.tp, cfg.model.make_vocab_size_divisible_by)
+    vpad = padded_vocab_size(arch.vocab_size, cfg.parallel.tp, cfg.model.make_vocab_size_divisible_by)
     out = 0 if arch.tie_word_embeddings else vpad * arch.hidden_size
-    return arch.num_layers * layer_params(arch) + vpad * arch.hidden_size + out + arch.hidden_size
+    return arch.num_layers * arch.layer_params() + vpad * arch.hidden_size + out + arch.hidden_size
 
 
-def checkpoint_gib(cfg: RecipeConfig, arch: Arch) -> float:
+def checkpoint_gib(cfg: RecipeConfig, arch: ModelArch) -> float:
     """Size of one training checkpoint: the model in its training dtype (2 B/param bf16, 4 fp32)
     plus the optimizer's fp32 main params (bf16 only) and two Adam moments, unsharded on disk."""
     bf16 = cfg.train.bf16 is not False
     return total_params(cfg, arch) * ((2 + 12) if bf16 else (4 + 8)) / GiB
 
 
-def memory(cfg: RecipeConfig, arch: Arch, f: dict) -> dict:
+def memory(cfg: RecipeConfig, arch: ModelArch, f: dict) -> dict:
     """Per-GPU memory estimate in GiB (see the module docstring for every term)."""
     par, tr, ro = cfg.parallel, cfg.train, cfg.rollout
     tp, pp, dp = par.tp, par.pp, max(1, f["dp"])
     h, L_s = arch.hidden_size, max(f["layers"])
-    vpad = padded_vocab(arch.vocab_size, tp, cfg.model.make_vocab_size_divisible_by)
+    vpad = padded_vocab_size(arch.vocab_size, tp, cfg.model.make_vocab_size_divisible_by)
     emb = vpad * h
     out = 0 if (arch.tie_word_embeddings and pp == 1) else vpad * h
-    lp = layer_params(arch)
+    lp = arch.layer_params()
     first = f["layers"][0] * lp + emb + (out + h if pp == 1 else 0)
     last = f["layers"][-1] * lp + out + h + (emb if pp == 1 else 0)
     mid = L_s * lp
@@ -299,7 +265,7 @@ def dry_run(cfg: RecipeConfig, out=None) -> int:
         print(s, file=out, flush=True)
 
     try:
-        arch = resolve_arch(cfg)
+        arch, source = _resolve(cfg)
     except (ConfigError, ValueError, OSError) as e:
         print(f"nft-train --dry-run: {e}", file=err)
         return 2
@@ -312,11 +278,11 @@ def dry_run(cfg: RecipeConfig, out=None) -> int:
             print(f"nft-train --dry-run: invalid layout: {e}", file=err)
         return 2
     m = memory(cfg, arch, f)
-    lp = layer_params(arch)
+    lp = arch.layer_params()
     engines = f["world"] // ro.vllm_tp
     gen_prompts = int(round(tr.prompts_per_step * ro.gen_batch_multiplier))
     say(f"[plan] model {arch.name}: {arch.num_layers} layers, hidden {arch.hidden_size}, ffn {arch.ffn_hidden_size}, "
-        f"heads {arch.num_attention_heads}/{arch.num_kv_heads} kv, vocab {arch.vocab_size} ({arch.source})")
+        f"heads {arch.num_attention_heads}/{arch.num_kv_heads} kv, vocab {arch.vocab_size} ({source})")
     say(f"[plan] parameters {_num(m['total_params'])} ({_num(lp)} per layer); "
         f"{_num(m['p_gpu'])} per GPU on the largest stage")
     say(f"[plan] cluster {c.nodes} nodes x {c.gpus_per_node} GPUs = world {f['world']}; layout TP {par.tp} x PP {par.pp}"

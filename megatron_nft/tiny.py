@@ -15,20 +15,16 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import time
 
 import torch
 import torch.distributed as dist
 
 from megatron_nft.config import RecipeConfig
+from megatron_nft.data.synthetic import tiny_problem_kwargs
 
 BASE_DIR_NAME = "base_model"
-
-
-def tiny_problem_kwargs(cfg: RecipeConfig) -> dict:
-    """Arguments of ``data.synthetic`` generators for this recipe's tiny task."""
-    return {"ops": tuple(cfg.model.tiny.ops.split(",")), "shape": cfg.model.tiny.shape}
+MARKER = "nft_base.json"  # written last: a base_model without it is not finished
 
 
 def _random_hf_model(cfg: RecipeConfig, out_dir: str, tokenizer) -> None:
@@ -57,7 +53,7 @@ def _sft_samples(cfg: RecipeConfig, tokenizer, n: int):
     from megatron_nft.data.prompts import render_prompt
     from megatron_nft.data.synthetic import make_sft_corpus
     from megatron_nft.data.tokenizer import stop_token_ids
-    from megatron_nft.megatron.batches import TrainSample
+    from megatron_nft.types import Sample
 
     t = cfg.model.tiny
     eos = stop_token_ids(tokenizer)[0]
@@ -66,34 +62,42 @@ def _sft_samples(cfg: RecipeConfig, tokenizer, n: int):
         text = render_prompt(ex["prompt"], tokenizer, cfg.data.system_prompt or None)
         p = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         r = tokenizer.encode(ex["response"], add_special_tokens=False) + [eos]
-        out.append(TrainSample(tokens=p + r, prompt_len=len(p), reward=1.0, correct_rate=1.0))
+        out.append(Sample(tokens=p + r, prompt_len=len(p), correct=True, reward=1.0, r_hat=1.0))
     return out
 
 
 def build_tiny_base(cfg: RecipeConfig, log=print) -> str:
     """Collective (every rank calls it): returns the HF dir of the warm-started tiny model."""
-    from megatron_nft.checkpoint.convert import load_hf_into_model
-    from megatron_nft.data.synthetic import tokenizer_training_texts
-    from megatron_nft.data.tokenizer import train_tiny_tokenizer
-    from megatron_nft.megatron.policy import MegatronPolicy
-    from megatron_nft.trainer import export_hf_dir
-
-    final = os.path.join(cfg.output.dir, BASE_DIR_NAME)
-    if os.path.isfile(os.path.join(final, "nft_base.json")):
-        return final
-    rank = dist.get_rank()
-    tmp = final + ".tmp"
-    t0 = time.time()
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        tok = train_tiny_tokenizer(tokenizer_training_texts(), cfg.model.tiny.vocab_size)
-        _random_hf_model(cfg, tmp, tok)
-    dist.barrier()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tmp)
-    with open(os.path.join(tmp, "config.json")) as f:
+    from megatron_nft.checkpoint.common import atomic_dir
+    from megatron_nft.data.synthetic import tokenizer_training_texts
+    from megatron_nft.data.tokenizer import train_tiny_tokenizer
+
+    final = os.path.join(cfg.output.dir, BASE_DIR_NAME)
+    if os.path.isfile(os.path.join(final, MARKER)):
+        return final
+    rank = dist.get_rank()
+    t0 = time.time()
+    with atomic_dir(final) as tmp:
+        if rank == 0:
+            tok = train_tiny_tokenizer(tokenizer_training_texts(), cfg.model.tiny.vocab_size)
+            _random_hf_model(cfg, str(tmp), tok)
+        dist.barrier()
+        _warm_start(cfg, str(tmp), AutoTokenizer.from_pretrained(str(tmp)), log)
+        if rank == 0:
+            t = cfg.model.tiny
+            with open(os.path.join(tmp, MARKER), "w") as f:
+                json.dump({"sft_steps": t.sft_steps, "bug_rate": t.bug_rate, "seconds": time.time() - t0}, f)
+    return final
+
+
+def _warm_start(cfg: RecipeConfig, model_dir: str, tokenizer, log) -> None:
+    """Supervised warm start through the megatron policy (RFT loss = likelihood on the
+    corpus); the trained weights replace ``model_dir``'s safetensors."""
+    from megatron_nft.megatron.policy import MegatronPolicy
+
+    with open(os.path.join(model_dir, "config.json")) as f:
         hf_config = json.load(f)
     t = cfg.model.tiny
     sft_cfg = copy.deepcopy(cfg)
@@ -103,24 +107,17 @@ def build_tiny_base(cfg: RecipeConfig, log=print) -> str:
     sft_cfg.train.min_lr = t.sft_lr * 0.1
     sft_cfg.train.weight_decay = 0.0
     policy = MegatronPolicy(sft_cfg, hf_config, total_updates=t.sft_steps)
-    load_hf_into_model([policy.unwrapped()], tmp)
-    policy.weights_loaded()
+    policy.load_weights(model_dir)
     samples = _sft_samples(cfg, tokenizer, t.sft_steps * t.sft_batch)
     for step in range(t.sft_steps):
         m = policy.train_step(samples[step * t.sft_batch:(step + 1) * t.sft_batch])
-        if rank == 0 and (step % 50 == 0 or step == t.sft_steps - 1):
+        if dist.get_rank() == 0 and (step % 50 == 0 or step == t.sft_steps - 1):
             log(f"[warm start] step {step + 1}/{t.sft_steps}  loss {m['train/loss']:.4f}  "
                 f"lr {m['train/lr']:.2e}")
-    export_hf_dir(policy, tmp + ".sft", tmp)
-    if rank == 0:
-        for name in os.listdir(tmp + ".sft"):
-            os.replace(os.path.join(tmp + ".sft", name), os.path.join(tmp, name))
-        os.rmdir(tmp + ".sft")
-    del policy
-    if rank == 0:
-        with open(os.path.join(tmp, "nft_base.json"), "w") as f:
-            json.dump({"sft_steps": t.sft_steps, "bug_rate": t.bug_rate, "seconds": time.time() - t0}, f)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+    sft = os.path.join(model_dir, "sft")
+    policy.export_hf_dir(sft, model_dir)
+    if dist.get_rank() == 0:
+        for name in os.listdir(sft):
+            os.replace(os.path.join(sft, name), os.path.join(model_dir, name))
+        os.rmdir(sft)
     dist.barrier()
-    return final

@@ -442,3 +442,49 @@ def test_token_loss_for_dispatch():
                                grpo_token_loss(lp, old, adv_std, clip_high=0.28))
     with pytest.raises(ValueError, match="nft.*rft.*grpo.*drgrpo.*dapo"):
         token_loss_for("ppo", **kw)
+
+
+# --------------------------------------------------------------------------- registry / weights
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "token-sum-norm"])
+def test_aggregation_weights_reproduce_aggregate_over_split_batches(mode):
+    """The policy's weighted token sums / global token count == aggregate() of the whole batch,
+    however the batch is split into micro-batches."""
+    from megatron_nft.algorithms import aggregation_weights
+
+    g = torch.Generator().manual_seed(0)
+    lens = [3, 1, 5, 2, 4]
+    loss = torch.randn(len(lens), 6, generator=g, dtype=torch.float64)
+    mask = torch.zeros(len(lens), 6, dtype=torch.float64)
+    for i, n in enumerate(lens):
+        mask[i, :n] = 1
+    want = aggregate(loss, mask, mode, constant=7.0)
+    w = aggregation_weights(mode, lens, num_tokens=sum(lens), num_seqs=len(lens), constant=7.0)
+    parts = [range(0, 2), range(2, 3), range(3, 5)]  # three "micro-batches"
+    got = sum((loss[list(p)] * mask[list(p)] * torch.tensor([w[i] for i in p], dtype=torch.float64)[:, None]).sum()
+              for p in parts) / sum(lens)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    with pytest.raises(ValueError, match="token-mean"):
+        aggregation_weights("mean", lens, num_tokens=1, num_seqs=1)
+
+
+def test_registry_entries_own_their_defaults_shaping_and_advantages():
+    from types import SimpleNamespace
+
+    from megatron_nft.algorithms import REGISTRY, get_algorithm
+
+    assert tuple(REGISTRY) == ("nft", "rft", "grpo", "drgrpo", "dapo")
+    a = SimpleNamespace(clip_high=None, overlong_buffer=4, overlong_penalty=1.0)
+    assert get_algorithm("dapo").clip_high(a) == 0.28 and get_algorithm("grpo").clip_high(a) == 0.2
+    assert get_algorithm("grpo").clip_high(SimpleNamespace(clip_high=0.3)) == 0.3
+    # DAPO's soft over-long punishment (max 10 tokens, buffer 4): linear in the last 4 tokens
+    dapo = get_algorithm("dapo")
+    assert [dapo.shaped_reward(a, True, n, 10) for n in (6, 7, 8, 10, 12)] == [1.0, 0.75, 0.5, 0.0, 0.0]
+    assert get_algorithm("grpo").shaped_reward(a, True, 10, 10) == 1.0  # only DAPO shapes
+    rewards, groups = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0], [0, 0, 0, 0, 1, 1]
+    assert get_algorithm("drgrpo").advantages(rewards, groups) == pytest.approx([0.5, -0.5, -0.5, 0.5, 0, 0])
+    assert get_algorithm("grpo").advantages(rewards, groups) == pytest.approx([1, -1, -1, 1, 0, 0])
+    assert get_algorithm("nft").metrics == ("train/neg_clip_frac",) and get_algorithm("rft").metrics == ()
+    with pytest.raises(ValueError, match="nft, rft, grpo, drgrpo, dapo"):
+        get_algorithm("ppo")

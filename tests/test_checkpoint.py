@@ -17,9 +17,11 @@ except ImportError:  # tests/ itself on sys.path
 
 
 def _cfg(qkv_bias=True, tie=False, layers=4, heads=4, kv=2, d=8, hidden=16, ffn=24, vocab=100):
-    return M.MappingConfig(num_layers=layers, hidden_size=hidden, num_heads=heads,
-                           num_kv_heads=kv, head_dim=d, ffn_hidden_size=ffn, vocab_size=vocab,
-                           qkv_bias=qkv_bias, tie_word_embeddings=tie)
+    from megatron_nft.arch import ModelArch
+
+    return ModelArch(num_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                     num_kv_heads=kv, head_dim=d, ffn_hidden_size=ffn, vocab_size=vocab,
+                     qkv_bias=qkv_bias, tie_word_embeddings=tie)
 
 
 def _random_hf_state(cfg, seed=0):
@@ -32,15 +34,15 @@ def _random_hf_state(cfg, seed=0):
         p = f"model.layers.{i}."
         shapes.update({
             p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
-            p + "self_attn.q_proj.weight": (cfg.num_heads * d, H),
+            p + "self_attn.q_proj.weight": (cfg.num_attention_heads * d, H),
             p + "self_attn.k_proj.weight": (cfg.num_kv_heads * d, H),
             p + "self_attn.v_proj.weight": (cfg.num_kv_heads * d, H),
-            p + "self_attn.o_proj.weight": (H, cfg.num_heads * d),
+            p + "self_attn.o_proj.weight": (H, cfg.num_attention_heads * d),
             p + "mlp.gate_proj.weight": (F, H), p + "mlp.up_proj.weight": (F, H),
             p + "mlp.down_proj.weight": (H, F),
         })
         if cfg.qkv_bias:
-            shapes.update({p + "self_attn.q_proj.bias": (cfg.num_heads * d,),
+            shapes.update({p + "self_attn.q_proj.bias": (cfg.num_attention_heads * d,),
                            p + "self_attn.k_proj.bias": (cfg.num_kv_heads * d,),
                            p + "self_attn.v_proj.bias": (cfg.num_kv_heads * d,)})
     return {k: torch.randn(s, generator=g) for k, s in shapes.items()}
@@ -64,7 +66,7 @@ def test_mapping_round_trip_exact(qkv_bias, tie, tp, pp):
         assert ("decoder.layers.0.self_attention.linear_qkv.bias" in names) == qkv_bias
         assert sum(n.endswith("linear_qkv.weight") for n in names) == cfg.num_layers // pp
         qkv = sd["decoder.layers.0.self_attention.linear_qkv.weight"]
-        assert qkv.shape == ((cfg.num_heads + 2 * cfg.num_kv_heads) * d // tp, H)
+        assert qkv.shape == ((cfg.num_attention_heads + 2 * cfg.num_kv_heads) * d // tp, H)
         assert sd["decoder.layers.0.mlp.linear_fc1.weight"].shape == (2 * cfg.ffn_hidden_size // tp, H)
         if pr == 0:
             emb = sd["embedding.word_embeddings.weight"]

@@ -292,14 +292,15 @@ def test_pad_batch_and_split_evenly():
 @needs_dapo
 @pytest.mark.parametrize("multiple", [1, 2, 16])
 def test_micro_batches_padded_to_multiple_carry_the_same_loss_positions(multiple):
-    from megatron_nft.megatron.batches import TrainSample, build_micro_batches
+    from megatron_nft.megatron.batches import build_micro_batches
+    from megatron_nft.types import Sample
 
     rng = random.Random(multiple)
     samples = []
     for _ in range(9):
         p, r = rng.randint(2, 9), rng.randint(1, 12)
-        samples.append(TrainSample(tokens=[rng.randrange(3, 99) for _ in range(p + r)], prompt_len=p,
-                                   old_logprobs=[-0.5] * r))
+        samples.append(Sample(tokens=[rng.randrange(3, 99) for _ in range(p + r)], prompt_len=p,
+                              old_logprobs=[-0.5] * r))
     mbs = build_micro_batches(samples, micro_batch_tokens=40, pad_id=0, pad_to_multiple_of=multiple)
     assert sorted(i for mb in mbs for i in mb.indices) == list(range(9))
     for mb in mbs:

@@ -45,7 +45,7 @@ def hf_reference_state(cfg: dict) -> dict:
 
 @pytest.mark.parametrize("bucket_bytes", [1, 20_000, 150_000, 10 ** 9])
 def test_bucketed_export_complete_ordered_bounded(model, bucket_bytes):
-    cfg = M.MappingConfig.from_arch(model.nft_arch)
+    cfg = model.nft_arch
     full = list(export_model_to_hf_state([model]))
     names = [n for n, _ in full]
     # every HF tensor exactly once; streamed layer by layer (megatron's parameter order inside a
@@ -93,7 +93,7 @@ def test_export_bytes_equal_plain_hf_state_dict(model):
 
 def test_export_values_match_megatron_params(model):
     """The stream is the model, re-laid out: invert it with the mapping and compare."""
-    cfg = M.MappingConfig.from_arch(model.nft_arch)
+    cfg = model.nft_arch
     hf = dict(export_model_to_hf_state([model]))
     back = M.hf_state_to_mcore(hf, cfg, padded_vocab=model.vocab_size)[(0, 0)]
     params = dict(model.named_parameters())

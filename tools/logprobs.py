@@ -62,10 +62,10 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from megatron_nft.config import load_config
-    from megatron_nft.megatron.batches import TrainSample
     from megatron_nft.megatron.parallel import destroy, init_distributed
     from megatron_nft.megatron.policy import MegatronPolicy
-    from megatron_nft.trainer import load_initial_weights, resolve_model
+    from megatron_nft.trainer import resolve_model
+    from megatron_nft.types import Sample
 
     seqs = _read_tokens(args.input)
     sets = [f"model.hf_path={args.ckpt}", f"parallel.tp={args.tp}", f"parallel.pp={args.pp}",
@@ -78,14 +78,14 @@ def main(argv=None) -> int:
         _, hf_config = resolve_model(cfg)
         max_len = max((len(s) for s in seqs), default=1)
         policy = MegatronPolicy(cfg, hf_config, training=False, max_sequence_length=max(max_len, 1))
-        load_initial_weights(policy, args.ckpt)
+        policy.load_weights(args.ckpt)
         rank0 = dist.get_rank() == 0
         results: list[list[float]] = [[] for _ in seqs]
         scorable = [i for i, s in enumerate(seqs) if len(s) >= 2]
         bar = tqdm(total=len(scorable), desc="scoring", unit="seq", disable=not rank0, file=sys.stderr)
         for start in range(0, len(scorable), args.chunk_sequences):
             idx = scorable[start:start + args.chunk_sequences]
-            samples = [TrainSample(tokens=seqs[i], prompt_len=1) for i in idx]
+            samples = [Sample(tokens=seqs[i], prompt_len=1) for i in idx]
             policy.compute_logprobs(samples, with_entropy=False)
             policy.gather_response_values(samples, "old_logprobs")
             for i, s in zip(idx, samples):

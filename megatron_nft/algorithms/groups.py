@@ -2,7 +2,7 @@
 
 Every question q is answered K times by the rollout policy; the K answers form a
 *group*. This module computes, for each sample, statistics of the group it
-belongs to (see ``/work/shared/PAPER.md``, "Setting" and "Baselines"):
+belongs to (see ``../shared/PAPER.md``, "Setting" and "Baselines"):
 
 * ``group_correct_rate``      : r̂_q, the fraction of correct answers of q,
 * ``group_advantages``        : Dr. GRPO advantages ``r − mean_q(r)`` or GRPO

@@ -1,6 +1,6 @@
 """Per-token policy losses (NFT, RFT, GRPO / Dr. GRPO / DAPO) and their aggregation.
 
-Pure torch; formulas and symbols follow ``/work/shared/PAPER.md``. Every
+Pure torch; formulas and symbols follow ``../shared/PAPER.md``. Every
 ``*_token_loss`` returns an *unmasked, unaggregated* ``[B, T]`` tensor; masking
 and normalisation are done by :func:`aggregate`, so the same token aggregation
 can be applied to every algorithm (the paper's on-policy equivalence needs
@@ -13,12 +13,11 @@ are detached inside the losses: gradients only flow through ``logprobs``.
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .groups import group_advantages, group_correct_rate
 
 __all__ = [
     "CORRECT_RATE_MIN",
@@ -26,7 +25,6 @@ __all__ = [
     "GRPO_LOG_RATIO_BOUND",
     "NFT_WEIGHTINGS",
     "AGGREGATION_MODES",
-    "ALGORITHMS",
     "max_v",
     "nft_token_loss",
     "nft_clip_fraction",
@@ -34,7 +32,7 @@ __all__ = [
     "rft_token_loss",
     "tis_weights",
     "aggregate",
-    "token_loss_for",
+    "aggregation_weights",
 ]
 
 #: r̂ is clamped into [CORRECT_RATE_MIN, CORRECT_RATE_MAX] before use in the NFT
@@ -48,9 +46,7 @@ CORRECT_RATE_MAX = 0.98
 #: the ratio finite (e^20 ≈ 5e8); it never binds for sane ratios.
 GRPO_LOG_RATIO_BOUND = 20.0
 
-NFT_WEIGHTINGS = ("1-r", "grpo", "none")
-AGGREGATION_MODES = ("token-mean", "seq-mean-token-mean", "token-sum-norm")
-ALGORITHMS = ("nft", "rft", "grpo", "drgrpo", "dapo")
+from .constants import AGGREGATION_MODES, NFT_WEIGHTINGS  # noqa: E402  (torch-free, shared with config)
 
 Number = Union[int, float]
 
@@ -314,52 +310,26 @@ def aggregate(
     return masked.sum() / constant
 
 
-# --------------------------------------------------------------------------- dispatcher
+def aggregation_weights(mode: str, response_lens: Sequence[int], *, num_tokens: int, num_seqs: int,
+                        constant: float = 1000.0) -> list[float]:
+    """Per-sample token weights ``w`` such that ``Σ_samples Σ_t w·loss_t / num_tokens`` equals
+    :func:`aggregate` of ``mode`` over the whole batch.
 
+    The policy computes its loss as a weighted token sum per micro-batch and megatron divides
+    by the global token count (``calculate_per_token_loss``), so weights chosen from global
+    counts (``num_tokens``, ``num_seqs`` over every micro-batch and data-parallel rank) make the
+    aggregate exact however the batch is split:
 
-def token_loss_for(
-    algorithm: str,
-    *,
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    rewards: Tensor,
-    group_ids: Tensor,
-    epsilon: float = 1.0,
-    weighting: str = "1-r",
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    log_ratio_clamp: float = 10.0,
-) -> Tensor:
-    """Per-token ``[B, T]`` loss of ``algorithm`` from raw rewards and group ids.
-
-    * ``nft``   : :func:`nft_token_loss` with ``correct = rewards > 0`` and
-      r̂ = group mean of ``correct``; uses ``epsilon``, ``weighting``,
-      ``log_ratio_clamp``.
-    * ``rft``   : :func:`rft_token_loss` with ``correct = rewards > 0``.
-    * ``grpo``  : PPO-clip with std-normalised group advantages.
-    * ``drgrpo``: PPO-clip with mean-centred (not std-normalised) advantages.
-    * ``dapo``  : as ``grpo``; the caller passes DAPO's ``clip_high`` (0.28).
-
-    Rewards are expected to be binary verifier rewards (0/1); for GRPO-family
-    algorithms shaped rewards are used as given.
+    * ``token-mean``: ``w = 1``;
+    * ``seq-mean-token-mean``: ``w = num_tokens / (num_seqs · len_i)``;
+    * ``token-sum-norm``: ``w = num_tokens / constant``.
     """
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
-    if algorithm in ("nft", "rft"):
-        correct = rewards > 0
-        if algorithm == "rft":
-            return rft_token_loss(logprobs, correct)
-        correct_rate = group_correct_rate(correct.to(logprobs.dtype), group_ids)
-        return nft_token_loss(
-            logprobs,
-            old_logprobs,
-            correct,
-            correct_rate,
-            epsilon=epsilon,
-            weighting=weighting,
-            log_ratio_clamp=log_ratio_clamp,
-        )
-    adv = group_advantages(
-        rewards.to(logprobs.dtype), group_ids, std_normalize=algorithm in ("grpo", "dapo")
-    )
-    return grpo_token_loss(logprobs, old_logprobs, adv, clip_low=clip_low, clip_high=clip_high)
+    if mode not in AGGREGATION_MODES:
+        raise ValueError(f"unknown aggregation mode {mode!r}; allowed: {', '.join(AGGREGATION_MODES)}")
+    if mode == "token-mean":
+        return [1.0] * len(response_lens)
+    if mode == "seq-mean-token-mean":
+        return [num_tokens / (num_seqs * max(n, 1)) for n in response_lens]
+    if not constant > 0:
+        raise ValueError(f"constant must be > 0; got {constant}")
+    return [num_tokens / constant] * len(response_lens)

@@ -2,8 +2,11 @@
 
 * :mod:`.mapping` – parameter name/shape mapping (pure torch; QKV grouped per KV head,
   ``[gate_i; up_i]`` per TP rank, vocab padding, PP layer offsets).
-* :mod:`.convert` – streaming HF load/export for live models, megatron dist-checkpoint
-  save/load, and the ``nft-convert`` CLI (``hf-to-mcore`` / ``mcore-to-hf``).
+* :mod:`.common` – format names, the user-facing error, :func:`~.common.atomic_dir` (the one
+  way a directory is written: temp sibling + rename);
+* :mod:`.dist` – megatron dist-checkpoint save/load of a model, at any TP/PP;
+* :mod:`.hf_io` – HF directories in and out (streaming load/export, the one HF-dir writer);
+* :mod:`.convert` – the ``nft-convert`` CLI (``hf-to-mcore`` / ``mcore-to-hf``).
 
 The public functions are re-exported lazily (importing this package stays cheap).
 """
@@ -24,7 +27,7 @@ __all__ = list(_API)
 
 def __getattr__(name):
     if name in _API:
-        from megatron_nft.checkpoint import convert
+        import importlib
 
-        return getattr(convert, name)
+        return getattr(importlib.import_module("megatron_nft.checkpoint.convert"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,9 +19,9 @@ Layer indices: megatron names carry the *local* index inside a PP stage
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-
 import torch
+
+from megatron_nft.arch import ModelArch
 
 # kind -> how the megatron tensor is split over TP: None (replicated) or the split dim
 KINDS = {
@@ -56,40 +56,6 @@ _GLOBAL = {
 }
 
 
-@dataclass(frozen=True)
-class MappingConfig:
-    """Shapes needed by the mapping (true, unpadded vocab)."""
-
-    num_layers: int
-    hidden_size: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    ffn_hidden_size: int
-    vocab_size: int
-    qkv_bias: bool
-    tie_word_embeddings: bool
-
-    @property
-    def heads_per_group(self) -> int:
-        return self.num_heads // self.num_kv_heads
-
-    @classmethod
-    def from_arch(cls, arch) -> "MappingConfig":
-        """From :class:`megatron_nft.megatron.model.ModelArch` (or anything with its fields)."""
-        return cls(
-            num_layers=arch.num_layers,
-            hidden_size=arch.hidden_size,
-            num_heads=arch.num_attention_heads,
-            num_kv_heads=arch.num_kv_heads,
-            head_dim=arch.head_dim,
-            ffn_hidden_size=arch.ffn_hidden_size,
-            vocab_size=arch.vocab_size,
-            qkv_bias=arch.qkv_bias,
-            tie_word_embeddings=arch.tie_word_embeddings,
-        )
-
-
 def parse_mcore_name(name: str) -> tuple[str, int | None]:
     """``(kind, local_layer_index or None)`` of a GPTModel parameter name."""
     m = _LAYER_RE.match(name)
@@ -114,7 +80,7 @@ def mcore_name(kind: str, layer: int | None = None) -> str:
     raise KeyError(kind)
 
 
-def hf_names(kind: str, layer: int | None, cfg: MappingConfig) -> list[str]:
+def hf_names(kind: str, layer: int | None, cfg: ModelArch) -> list[str]:
     """HF tensor names that make up megatron tensor ``kind`` (``layer`` = global index)."""
     p = f"model.layers.{layer}."
     if kind == "embedding":
@@ -140,7 +106,7 @@ def hf_names(kind: str, layer: int | None, cfg: MappingConfig) -> list[str]:
     raise KeyError(kind)
 
 
-def hf_param_names(cfg: MappingConfig) -> list[str]:
+def hf_param_names(cfg: ModelArch) -> list[str]:
     """All HF parameter names of the model, in export order."""
     names = ["model.embed_tokens.weight"]
     for i in range(cfg.num_layers):
@@ -160,7 +126,7 @@ def _chunk(t: torch.Tensor, dim: int, tp: int, rank: int) -> torch.Tensor:
     return t.chunk(tp, dim=dim)[rank]
 
 
-def hf_to_mcore(kind: str, tensors: list[torch.Tensor], cfg: MappingConfig, tp: int = 1,
+def hf_to_mcore(kind: str, tensors: list[torch.Tensor], cfg: ModelArch, tp: int = 1,
                 tp_rank: int = 0, padded_vocab: int | None = None) -> torch.Tensor:
     """This TP rank's megatron tensor built from the HF ``tensors`` (order of :func:`hf_names`)."""
     if kind in ("embedding", "output"):
@@ -191,7 +157,7 @@ def hf_to_mcore(kind: str, tensors: list[torch.Tensor], cfg: MappingConfig, tp: 
     raise KeyError(kind)
 
 
-def mcore_to_hf(kind: str, shards: list[torch.Tensor], cfg: MappingConfig,
+def mcore_to_hf(kind: str, shards: list[torch.Tensor], cfg: ModelArch,
                 layer: int | None = None) -> list[tuple[str, torch.Tensor]]:
     """HF ``(name, tensor)`` pairs from all TP ``shards`` (rank order) of one megatron tensor.
 
@@ -232,7 +198,7 @@ def stage_layers(num_layers: int, pp: int, pp_rank: int) -> range:
     return range(pp_rank * n, (pp_rank + 1) * n)
 
 
-def mcore_names_for_stage(cfg: MappingConfig, pp: int, pp_rank: int) -> list[tuple[str, str, int | None]]:
+def mcore_names_for_stage(cfg: ModelArch, pp: int, pp_rank: int) -> list[tuple[str, str, int | None]]:
     """``(mcore_name, kind, global_layer)`` for every parameter of a stage (local-spec names)."""
     out = []
     if pp_rank == 0:
@@ -251,7 +217,7 @@ def mcore_names_for_stage(cfg: MappingConfig, pp: int, pp_rank: int) -> list[tup
     return out
 
 
-def hf_state_to_mcore(hf_state: dict, cfg: MappingConfig, tp: int = 1, pp: int = 1,
+def hf_state_to_mcore(hf_state: dict, cfg: ModelArch, tp: int = 1, pp: int = 1,
                       padded_vocab: int | None = None) -> dict:
     """Full in-memory conversion: ``{(tp_rank, pp_rank): {mcore_name: tensor}}`` (tests/tools)."""
     out = {}
@@ -265,7 +231,7 @@ def hf_state_to_mcore(hf_state: dict, cfg: MappingConfig, tp: int = 1, pp: int =
     return out
 
 
-def mcore_to_hf_state(shards: dict, cfg: MappingConfig, tp: int = 1, pp: int = 1) -> dict:
+def mcore_to_hf_state(shards: dict, cfg: ModelArch, tp: int = 1, pp: int = 1) -> dict:
     """Inverse of :func:`hf_state_to_mcore`: ``{hf_name: tensor}``."""
     out = {}
     for pr in range(pp):

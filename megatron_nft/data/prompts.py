@@ -22,25 +22,15 @@ import json
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Iterator, Optional
+
+from megatron_nft.types import PromptItem
 
 logger = logging.getLogger(__name__)
 
 TEXT_KEYS = ("prompt", "problem", "question")
 ANSWER_KEYS = ("answer", "final_answer", "label", "reward_model.ground_truth", "ground_truth")
 UID_KEYS = ("uid", "extra_info.index", "unique_id", "id", "idx", "index")
-
-
-@dataclass
-class PromptItem:
-    """One prompt ready for rollout: ``prompt_ids`` are the tokens of ``prompt_text``."""
-
-    uid: str
-    prompt_text: str
-    prompt_ids: list[int]
-    answer: str
-    data_source: str
 
 
 class PromptDataset(list):

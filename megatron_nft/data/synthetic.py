@@ -197,6 +197,12 @@ def make_problems(
     return out
 
 
+def tiny_problem_kwargs(cfg) -> dict:
+    """Arguments of this module's generators for a recipe's tiny task (``model.tiny.ops`` /
+    ``model.tiny.shape``)."""
+    return {"ops": tuple(cfg.model.tiny.ops.split(",")), "shape": cfg.model.tiny.shape}
+
+
 def format_response(a: int, b: int, op: str, result: int, style: str = "boxed") -> str:
     """An SFT response that states ``result``.
 

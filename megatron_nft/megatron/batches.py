@@ -1,6 +1,6 @@
 """Samples -> token-budget micro-batches for the megatron pipeline schedule.
 
-A :class:`TrainSample` is one (prompt, response) pair with everything the loss needs.
+A :class:`megatron_nft.types.Sample` is one (prompt, response) pair with everything the loss needs.
 Micro-batches are right-padded rows of length-sorted samples whose padded size
 (rows x longest row) stays under ``micro_batch_tokens``. Right padding keeps a plain causal
 mask valid: a real token never attends to a pad that comes after it.
@@ -11,34 +11,13 @@ response token ``j`` (0-based) of a sample with prompt length ``P`` is scored at
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 
 from megatron_nft.data.batching import pack_micro_batches
-
-
-@dataclass
-class TrainSample:
-    tokens: list[int]  # prompt + response ids
-    prompt_len: int
-    reward: float = 0.0
-    correct_rate: float = 0.0  # r-hat of the sample's group
-    advantage: float = 0.0
-    group: int = 0
-    old_logprobs: Optional[list[float]] = None  # per response token, from the trainer (pi_old)
-    rollout_logprobs: Optional[list[float]] = None  # per response token, from the rollout engine
-    entropy: Optional[list[float]] = None  # per response token, from the old-logprob pass
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def response_len(self) -> int:
-        return len(self.tokens) - self.prompt_len
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.prompt_len <= len(self.tokens):
-            raise ValueError(f"prompt_len {self.prompt_len} outside 1..{len(self.tokens)}")
+from megatron_nft.types import Sample
 
 
 @dataclass
@@ -51,8 +30,8 @@ class MicroBatch:
     token_weight: torch.Tensor  # [b, s] float, aggregation weight (0 off the mask)
     old_logprobs: torch.Tensor  # [b, s]
     rollout_logprobs: torch.Tensor  # [b, s]
-    reward: torch.Tensor  # [b]
-    correct_rate: torch.Tensor  # [b]
+    correct: torch.Tensor  # [b] 0/1
+    r_hat: torch.Tensor  # [b]
     advantage: torch.Tensor  # [b]
     attention_mask: Optional[torch.Tensor]  # [1, 1, s, s] bool, True = masked; None = causal by type
 
@@ -78,7 +57,7 @@ def dp_shard(lengths: Sequence[int], dp_rank: int, dp_size: int) -> list[int]:
     return sorted(order[dp_rank::dp_size])
 
 
-def build_micro_batches(samples: Sequence[TrainSample], *, micro_batch_tokens: int, pad_id: int = 0,
+def build_micro_batches(samples: Sequence[Sample], *, micro_batch_tokens: int, pad_id: int = 0,
                         token_weights: Optional[Sequence[float]] = None, explicit_mask: bool = True,
                         pad_to_multiple_of: int = 1) -> list[MicroBatch]:
     """Pack ``samples`` into micro-batches. ``token_weights[k]`` is the per-token aggregation
@@ -115,15 +94,15 @@ def build_micro_batches(samples: Sequence[TrainSample], *, micro_batch_tokens: i
             position_ids=torch.arange(s).unsqueeze(0).expand(b, s).contiguous(),
             labels=labels, loss_mask=loss_mask, token_weight=weight, old_logprobs=old,
             rollout_logprobs=roll,
-            reward=torch.tensor([r.reward for r in rows], dtype=torch.float32),
-            correct_rate=torch.tensor([r.correct_rate for r in rows], dtype=torch.float32),
+            correct=torch.tensor([float(r.correct) for r in rows], dtype=torch.float32),
+            r_hat=torch.tensor([r.r_hat for r in rows], dtype=torch.float32),
             advantage=torch.tensor([r.advantage for r in rows], dtype=torch.float32),
             attention_mask=causal_mask(s) if explicit_mask else None,
         ))
     return out
 
 
-def scatter_response_values(mb: MicroBatch, values: torch.Tensor, samples: Sequence[TrainSample]
+def scatter_response_values(mb: MicroBatch, values: torch.Tensor, samples: Sequence[Sample]
                             ) -> list[list[float]]:
     """Per-row response slices of a ``[b, s]`` per-position tensor, in ``mb.indices`` order."""
     values = values.detach().float().cpu()

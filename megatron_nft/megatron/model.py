@@ -22,139 +22,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import json
 import math
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from megatron_nft.arch import (SUPPORTED_ARCHITECTURES, ModelArch, UnsupportedModelError,  # noqa: F401 (re-exported)
+                               load_hf_config_dict, padded_vocab_size, parse_hf_config)
 from megatron_nft.config import parse_layer_split
 
-SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
 TRANSFORMER_IMPLS = ("local", "sdpa", "transformer_engine")
-
-
-class UnsupportedModelError(ValueError):
-    """The HF checkpoint uses an architecture/feature this provider cannot build."""
-
-
-@dataclass(frozen=True)
-class ModelArch:
-    """The architecture facts we need from an HF config (family-independent)."""
-
-    family: str  # "qwen2" | "llama"
-    architecture: str
-    vocab_size: int
-    hidden_size: int
-    ffn_hidden_size: int
-    num_layers: int
-    num_attention_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    rope_scaling_factor: float | None
-    qkv_bias: bool
-    tie_word_embeddings: bool
-    max_position_embeddings: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def load_hf_config_dict(hf_config: Any) -> dict:
-    """Accepts a transformers ``PretrainedConfig``, a dict, an HF dir or a config.json path."""
-    if isinstance(hf_config, dict):
-        return dict(hf_config)
-    if isinstance(hf_config, (str, os.PathLike)):
-        p = Path(hf_config)
-        if p.is_dir():
-            p = p / "config.json"
-        if not p.is_file():
-            raise FileNotFoundError(f"HF config not found: {p} (expected an HF model dir with config.json)")
-        return json.loads(p.read_text())
-    if hasattr(hf_config, "to_dict"):
-        return hf_config.to_dict()
-    raise TypeError(f"unsupported hf_config type {type(hf_config).__name__}")
-
-
-def _family(cfg: dict) -> tuple[str, str]:
-    archs = cfg.get("architectures") or []
-    for a in archs:
-        if a in SUPPORTED_ARCHITECTURES:
-            return SUPPORTED_ARCHITECTURES[a], a
-    mt = cfg.get("model_type")
-    if not archs:
-        for a, fam in SUPPORTED_ARCHITECTURES.items():
-            if fam == mt:
-                return fam, a
-    raise UnsupportedModelError(
-        f"unsupported architecture {archs or mt!r}; supported: "
-        f"{', '.join(SUPPORTED_ARCHITECTURES)} (model_type {', '.join(SUPPORTED_ARCHITECTURES.values())})"
-    )
-
-
-def parse_hf_config(hf_config: Any) -> ModelArch:
-    """Reads and validates an HF config; raises :class:`UnsupportedModelError` with the reason."""
-    cfg = load_hf_config_dict(hf_config)
-    family, arch = _family(cfg)
-    act = cfg.get("hidden_act", "silu")
-    if act != "silu":
-        raise UnsupportedModelError(f"hidden_act={act!r} is not supported (only 'silu'/SwiGLU)")
-    heads = int(cfg["num_attention_heads"])
-    kv_heads = int(cfg.get("num_key_value_heads") or heads)
-    hidden = int(cfg["hidden_size"])
-    head_dim = int(cfg.get("head_dim") or hidden // heads)
-    if family == "llama":
-        if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-            raise UnsupportedModelError("Llama with attention_bias/mlp_bias=True is not supported")
-        qkv_bias = False
-    else:
-        qkv_bias = True
-        if cfg.get("use_sliding_window"):
-            raise UnsupportedModelError("Qwen2 use_sliding_window=True is not supported")
-    rope = dict(cfg.get("rope_parameters") or {})
-    scaling = cfg.get("rope_scaling") or {}
-    if scaling:
-        rope = {**scaling, **rope}
-    theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
-    rope_type = rope.get("rope_type", rope.get("type", "default")) or "default"
-    factor = None
-    if rope_type == "llama3":
-        std = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-        bad = {k: rope.get(k) for k, v in std.items() if float(rope.get(k, v)) != v}
-        if bad:
-            raise UnsupportedModelError(f"llama3 rope scaling with non-standard {bad} is not supported")
-        factor = float(rope.get("factor", 8.0))
-    elif rope_type != "default":
-        raise UnsupportedModelError(f"rope type {rope_type!r} is not supported (default, llama3)")
-    return ModelArch(
-        family=family,
-        architecture=arch,
-        vocab_size=int(cfg["vocab_size"]),
-        hidden_size=hidden,
-        ffn_hidden_size=int(cfg["intermediate_size"]),
-        num_layers=int(cfg["num_hidden_layers"]),
-        num_attention_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        rope_theta=theta,
-        rope_scaling_factor=factor,
-        qkv_bias=qkv_bias,
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
-    )
-
-
-def padded_vocab_size(vocab_size: int, tp: int = 1, divisible_by: int = 128) -> int:
-    """Megatron's padding: round up to a multiple of ``divisible_by * tp``."""
-    m = max(1, divisible_by) * tp
-    return int(math.ceil(vocab_size / m) * m)
 
 
 def validate_parallel(arch: ModelArch, tp: int, pp: int, pp_layer_split=None) -> None:

@@ -19,25 +19,28 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from megatron_nft.algorithms import (grpo_token_loss, nft_clip_fraction, nft_token_loss,
-                                     rft_token_loss, tis_weights)
-from megatron_nft.config import RecipeConfig, effective_clip_high
-from megatron_nft.megatron.batches import (MicroBatch, TrainSample, build_micro_batches, dp_shard,
-                                           scatter_response_values)
+from megatron_nft.algorithms import aggregation_weights, get_algorithm, tis_weights
+from megatron_nft.config import RecipeConfig
+from megatron_nft.megatron.batches import MicroBatch, build_micro_batches, dp_shard, scatter_response_values
 from megatron_nft.megatron.logprobs import chunked_logprobs
 from megatron_nft.megatron.model import build_gpt_model, unwrap_model, vocab_size_of
 from megatron_nft.megatron.parallel import get_info
 from megatron_nft.megatron.precision import (check_precision_supported, fp8_align_size, mfu, model_flops_per_token, peak_flops,
                                              precision_overrides, token_weighted_seq_len)
+from megatron_nft.types import Sample
 
 
 def resolve_transformer_impl(impl: str) -> str:
+    """``auto``: Transformer Engine on CUDA when its PyTorch part imports, else torch SDPA; CPU
+    uses the local spec. ``import transformer_engine`` alone is not enough: it succeeds when TE's
+    extension was built against another torch (the error is swallowed) and TE's layers then fail
+    (../shared/DESIGN.md); ``transformer_engine.pytorch`` loads that extension."""
     if impl != "auto":
         return impl
     if not torch.cuda.is_available():
         return "local"
     try:
-        import transformer_engine  # noqa: F401
+        import transformer_engine.pytorch  # noqa: F401
 
         return "transformer_engine"
     except Exception:
@@ -81,6 +84,7 @@ class MegatronPolicy:
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
         self.cfg = cfg
+        self.algo = get_algorithm(cfg.algorithm.name)
         self.info = get_info()
         self.on_gpu = self.info.device.type == "cuda"
         bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else self.on_gpu
@@ -182,18 +186,18 @@ class MegatronPolicy:
             micro_batch_size=max(m.tokens.shape[0] for m in mbs), forward_only=forward_only,
         )
 
-    def _micro_batches(self, samples: Sequence[TrainSample], weights=None) -> list[MicroBatch]:
+    def _micro_batches(self, samples: Sequence[Sample], weights=None) -> list[MicroBatch]:
         mbs = build_micro_batches(samples, micro_batch_tokens=self.cfg.train.micro_batch_tokens,
                                   token_weights=weights, explicit_mask=self.explicit_mask,
                                   pad_to_multiple_of=self.pad_multiple)
         return [m.to(self.info.device) for m in mbs]
 
-    def _my_shard(self, samples: Sequence[TrainSample]) -> list[int]:
+    def _my_shard(self, samples: Sequence[Sample]) -> list[int]:
         return dp_shard([len(s.tokens) for s in samples], self.info.dp_rank, self.info.dp)
 
     # ------------------------------------------------------------------ forward only
     @torch.no_grad()
-    def compute_logprobs(self, samples: Sequence[TrainSample], *, with_entropy: bool = True) -> None:
+    def compute_logprobs(self, samples: Sequence[Sample], *, with_entropy: bool = True) -> None:
         """Fill ``old_logprobs`` (and ``entropy``) of this DP rank's shard on the last stage."""
         mine = self._my_shard(samples)
         if not mine:
@@ -218,34 +222,30 @@ class MegatronPolicy:
                         shard[i].entropy = ents[r]
 
     # ------------------------------------------------------------------ training
-    def _token_loss(self, lp: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
+    def _loss_func(self, mb: MicroBatch, hidden: torch.Tensor):
+        """Megatron loss callback: ``(sum_t w_t * loss_t, n_tokens, report)`` of one micro-batch;
+        ``report`` = [loss sum, tokens, |ratio - 1| sum, then the algorithm's metric counts]."""
         a = self.cfg.algorithm
-        name = a.name
-        if name == "nft":
-            return nft_token_loss(lp, mb.old_logprobs, mb.reward > 0, mb.correct_rate, epsilon=a.epsilon,
-                                  weighting=a.weighting, log_ratio_clamp=a.log_ratio_clamp)
-        if name == "rft":
-            return rft_token_loss(lp, mb.reward > 0)
-        if name in ("grpo", "drgrpo", "dapo"):
-            return grpo_token_loss(lp, mb.old_logprobs, mb.advantage, clip_low=a.clip_low,
-                                   clip_high=effective_clip_high(a))
-        raise ValueError(f"algorithm.name: unknown {name!r}")
+        lp, _ = self._token_logprobs(hidden, mb, entropy=False)
+        tl = self.algo.token_loss(a, lp, mb.old_logprobs, mb.correct, mb.r_hat, mb.advantage)
+        w = mb.token_weight
+        if a.tis_cap is not None:
+            w = w * tis_weights(mb.old_logprobs, mb.rollout_logprobs, a.tis_cap)
+        loss = (tl * w).sum()
+        mask = mb.loss_mask
+        n = mask.sum()
+        with torch.no_grad():
+            ratio = torch.exp((lp - mb.old_logprobs).clamp(max=20.0))
+            extra = self.algo.metric_counts(a, lp, mb.old_logprobs, mb.correct, mb.r_hat, mask)
+            report = torch.stack([loss.detach(), n, ((ratio - 1).abs() * mask).sum()]
+                                 + [v for k in self.algo.metrics for v in extra[k]]).double()
+        return loss, n.to(torch.int), {"report": report}
 
-    def aggregation_weights(self, shard: Sequence[TrainSample], n_tokens: int, n_seqs: int) -> list[float]:
-        """Per-sample token weight so that sum(w * loss) / n_tokens is the configured aggregate."""
-        a = self.cfg.algorithm
-        if a.aggregation == "token-mean":
-            return [1.0] * len(shard)
-        if a.aggregation == "seq-mean-token-mean":
-            return [n_tokens / (n_seqs * max(s.response_len, 1)) for s in shard]
-        return [n_tokens / a.loss_constant] * len(shard)  # token-sum-norm
-
-    def train_step(self, samples: Sequence[TrainSample]) -> dict:
+    def train_step(self, samples: Sequence[Sample]) -> dict:
         """One optimizer step on ``samples`` (the same list on every rank); returns metrics."""
         t0 = time.perf_counter()
         info = self.info
-        mine = self._my_shard(samples)
-        shard = [samples[i] for i in mine]
+        shard = [samples[i] for i in self._my_shard(samples)]
         counts = torch.tensor([sum(s.response_len for s in shard), len(shard)], dtype=torch.float64,
                               device=info.device)
         if info.dp > 1:
@@ -254,55 +254,41 @@ class MegatronPolicy:
             dist.all_reduce(counts, group=ps.get_data_parallel_group())
         n_tokens, n_seqs = int(counts[0].item()), int(counts[1].item())
         if not shard:  # more DP ranks than samples: one masked-out row keeps the schedule alive
-            shard = [TrainSample(tokens=[0, 0], prompt_len=2)]
-        weights = self.aggregation_weights(shard, n_tokens, n_seqs)
+            shard = [Sample(tokens=[0, 0], prompt_len=2)]
+        a = self.cfg.algorithm
+        weights = aggregation_weights(a.aggregation, [s.response_len for s in shard], num_tokens=n_tokens,
+                                      num_seqs=n_seqs, constant=a.loss_constant)
         mbs = self._micro_batches(shard, weights)
         for m in self.chunks:
             m.train()
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
-        a = self.cfg.algorithm
-
-        def loss_func(mb, hidden):
-            lp, _ = self._token_logprobs(hidden, mb, entropy=False)
-            tl = self._token_loss(lp, mb)
-            w = mb.token_weight
-            if a.tis_cap is not None:
-                w = w * tis_weights(mb.old_logprobs, mb.rollout_logprobs, a.tis_cap)
-            loss = (tl * w).sum()
-            mask = mb.loss_mask
-            n = mask.sum()
-            with torch.no_grad():
-                neg = mask * (mb.reward <= 0).float()[:, None]
-                clip = (nft_clip_fraction(lp, mb.old_logprobs, mb.reward > 0, mb.correct_rate, neg,
-                                          epsilon=a.epsilon, log_ratio_clamp=a.log_ratio_clamp)
-                        * neg.sum()) if a.name == "nft" else torch.zeros((), device=lp.device)
-                ratio = torch.exp((lp - mb.old_logprobs).clamp(max=20.0))
-                report = torch.stack([loss.detach(), n, clip, neg.sum(),
-                                      ((ratio - 1).abs() * mask).sum()]).double()
-            return loss, n.to(torch.int), {"report": report}
-
-        outs = self._run_schedule(mbs, loss_func, forward_only=False)
+        outs = self._run_schedule(mbs, self._loss_func, forward_only=False)
         ok, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(increment=1)
         self.updates += 1
-        report = torch.zeros(5, dtype=torch.float64, device=info.device)
-        if info.is_last_stage:
+        return {**self._throughput(samples, time.perf_counter() - t0),
+                **self._step_report(outs, n_tokens),
+                "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                "train/lr": self.optimizer.param_groups[0]["lr"],
+                "train/tokens": n_tokens,
+                "train/update_skipped": 0.0 if ok else 1.0}
+
+    def _step_report(self, outs: list, n_tokens: int) -> dict:
+        """Sum the micro-batch reports of the last stage over DP, share them with every rank."""
+        names = self.algo.metrics
+        report = torch.zeros(3 + 2 * len(names), dtype=torch.float64, device=self.info.device)
+        if self.info.is_last_stage:
             for o in outs:
                 report += o["report"]
-        report = self._reduce_report(report)
-        loss_sum, n_tok, clip, n_neg, ratio_dev = report.tolist()
-        return {**self._throughput(samples, time.perf_counter() - t0),
-            "train/loss": loss_sum / max(n_tokens, 1),
-            "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-            "train/lr": self.optimizer.param_groups[0]["lr"],
-            "train/tokens": n_tokens,
-            "train/update_skipped": 0.0 if ok else 1.0,
-            "train/neg_clip_frac": clip / n_neg if n_neg else 0.0,
-            "train/ratio_abs_dev": ratio_dev / max(n_tok, 1),
-        }
+        r = self._reduce_report(report).tolist()
+        out = {"train/loss": r[0] / max(n_tokens, 1), "train/ratio_abs_dev": r[2] / max(r[1], 1)}
+        for i, name in enumerate(names):
+            num, den = r[3 + 2 * i], r[4 + 2 * i]
+            out[name] = num / den if den else 0.0
+        return out
 
-    def _throughput(self, samples: Sequence[TrainSample], seconds: float) -> dict:
+    def _throughput(self, samples: Sequence[Sample], seconds: float) -> dict:
         """Tokens/s of the step (all tokens the model processed, every rank) and model FLOPs
         utilisation (``precision.model_flops_per_token``: 6N + attention, Megatron/PaLM style)."""
         lengths = [len(s.tokens) for s in samples]
@@ -324,7 +310,7 @@ class MegatronPolicy:
                            group=ps.get_pipeline_model_parallel_group())
         return t
 
-    def response_stats(self, batches: Sequence[Sequence[TrainSample]]) -> dict:
+    def response_stats(self, batches: Sequence[Sequence[Sample]]) -> dict:
         """Entropy and rollout-engine vs trainer log-prob gap over all response tokens of the
         mini-batches ``batches`` (each passed to :meth:`compute_logprobs` first); reduced over
         DP, shared with every rank."""
@@ -352,7 +338,7 @@ class MegatronPolicy:
         return out
 
     # ------------------------------------------------------------------ state
-    def gather_response_values(self, samples: Sequence[TrainSample], attr: str = "old_logprobs") -> None:
+    def gather_response_values(self, samples: Sequence[Sample], attr: str = "old_logprobs") -> None:
         """Make ``attr`` of every sample available on every rank (it lives on the last stage of
         the DP rank that computed it)."""
         from megatron.core import parallel_state as ps
@@ -385,6 +371,25 @@ class MegatronPolicy:
         model (fp32 training shares the tensors, and this is a no-op copy)."""
         if getattr(self, "optimizer", None) is not None:
             self.optimizer.reload_model_params()
+
+    def load_weights(self, path: str) -> None:
+        """Collective: weights from an HF directory or a megatron-nft dist checkpoint."""
+        from megatron_nft.checkpoint.hf_io import load_initial_weights
+
+        load_initial_weights([self.unwrapped()], path)
+        self.weights_loaded()
+
+    def hf_state(self, gather_to: str = "all"):
+        """Collective stream of ``(hf_name, tensor)``, TP/PP shards gathered (the weight sync)."""
+        from megatron_nft.checkpoint.hf_io import export_model_to_hf_state
+
+        return export_model_to_hf_state([self.unwrapped()], gather_to=gather_to)
+
+    def export_hf_dir(self, out_dir: str, src_dir: str) -> None:
+        """Collective: the policy as an HF directory (config and tokenizer from ``src_dir``)."""
+        from megatron_nft.checkpoint.hf_io import export_hf_dir
+
+        export_hf_dir([self.unwrapped()], out_dir, src_dir)
 
     def describe(self) -> str:
         """One line on the model as built (collective over the PP group): layers per pipeline

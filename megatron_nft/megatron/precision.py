@@ -267,32 +267,21 @@ def check_precision_supported(cfg: Any, transformer_impl: str, *, env: Optional[
 
 
 # ------------------------------------------------------------------------------ FLOPs / MFU
-def _arch_fields(arch: Any) -> dict:
-    """ModelArch, an HF config (dict / PretrainedConfig / path) -> the shape numbers we need."""
-    if isinstance(arch, Mapping) and "num_layers" in arch and "hidden_size" in arch:
-        a = dict(arch)
-    elif hasattr(arch, "num_layers") and hasattr(arch, "ffn_hidden_size"):
-        a = {k: getattr(arch, k) for k in ("num_layers", "hidden_size", "ffn_hidden_size",
-                                           "num_attention_heads", "num_kv_heads", "head_dim",
-                                           "vocab_size")}
-    else:
-        from megatron_nft.megatron.model import parse_hf_config
+def _arch(arch: Any):
+    """A :class:`~megatron_nft.arch.ModelArch`; a mapping of its field names; or an HF config
+    (dict / PretrainedConfig / path) read into one."""
+    from megatron_nft.arch import ModelArch, parse_hf_config
 
-        return _arch_fields(parse_hf_config(arch))
-    a.setdefault("num_kv_heads", a["num_attention_heads"])
-    a.setdefault("head_dim", a["hidden_size"] // a["num_attention_heads"])
-    return a
+    if isinstance(arch, ModelArch):
+        return arch
+    if isinstance(arch, Mapping) and "num_layers" in arch:
+        return ModelArch(**arch)
+    return parse_hf_config(arch)
 
 
 def matmul_params(arch: Any) -> int:
-    """Weights that take part in a matmul per token: QKV, attention out, SwiGLU MLP (3 matrices)
-    per layer, plus the output (logit) layer -- counted even when tied to the embedding (the
-    logit GEMM still runs). Excluded: the input embedding (a lookup), norms and biases."""
-    a = _arch_fields(arch)
-    h, d, L = a["hidden_size"], a["head_dim"], a["num_layers"]
-    nq, nkv, f = a["num_attention_heads"], a["num_kv_heads"], a["ffn_hidden_size"]
-    per_layer = h * (nq + 2 * nkv) * d + nq * d * h + 3 * h * f
-    return L * per_layer + h * a["vocab_size"]
+    """:meth:`ModelArch.matmul_params <megatron_nft.arch.ModelArch.matmul_params>`."""
+    return _arch(arch).matmul_params()
 
 
 def model_flops_per_token(arch: Any, seq_len: float, *, causal: bool = False,
@@ -311,11 +300,11 @@ def model_flops_per_token(arch: Any, seq_len: float, *, causal: bool = False,
     term (only the lower triangle is computed by flash/SDPA kernels); DESIGN.md's
     "489 TFLOP/s at 10.9k tok/s" for the 7B shape used that variant (44.9 GFLOP/token).
     """
-    a = _arch_fields(arch)
-    attn = 4.0 * a["num_layers"] * a["num_attention_heads"] * a["head_dim"] * float(seq_len)
+    a = _arch(arch)
+    attn = 4.0 * a.num_layers * a.num_attention_heads * a.head_dim * float(seq_len)
     if causal:
         attn /= 2.0
-    dense = 2.0 * matmul_params(a)
+    dense = 2.0 * a.matmul_params()
     return 3.0 * (dense + attn) if training else dense + attn
 
 

@@ -2,13 +2,8 @@
 
 See :mod:`megatron_nft.rollout.base` for the interface and the log-prob convention.
 """
-from megatron_nft.rollout.base import (
-    Completion,
-    RolloutEngine,
-    SamplingConfig,
-    make_engine,
-    vllm_available,
-)
+from megatron_nft.rollout.base import Completion, RolloutEngine, SamplingConfig
+from megatron_nft.rollout.factory import make_engine, vllm_available
 from megatron_nft.rollout.weight_sync import bucket_named_tensors, cast_named_tensors
 
 __all__ = [

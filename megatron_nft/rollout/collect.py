@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
-import torch
 import torch.distributed as dist
 
-from megatron_nft.algorithms import group_advantages
-from megatron_nft.megatron.batches import TrainSample
 from megatron_nft.rollout.base import SamplingConfig
+from megatron_nft.types import PromptItem, Sample
+
+#: ``reward_fn(correct, response_length) -> reward``: the algorithm's shaping (registry).
+RewardFn = Callable[[bool, int], float]
+
+
+def plain_reward(correct: bool, length: int) -> float:
+    return 1.0 if correct else 0.0
 
 
 @dataclass
 class PromptStream:
     """Deterministic epoch-shuffled prompt order with a resumable position."""
 
-    items: Sequence  # PromptItem-like: .uid .prompt_ids .answer
+    items: Sequence[PromptItem]
     seed: int
     epoch: int = 0
     pos: int = 0
@@ -79,10 +84,11 @@ def _all_gather(obj):
     return out
 
 
-def generate_and_grade(engine, verifier, prompts: Sequence, sampling: SamplingConfig, slot: EngineSlot,
-                       *, overlong_buffer: int = 0, overlong_penalty: float = 0.0) -> list[list[dict]]:
+def generate_and_grade(engine, verifier, prompts: Sequence[PromptItem], sampling: SamplingConfig, slot: EngineSlot,
+                       reward_fn: RewardFn = plain_reward) -> list[list[dict]]:
     """Generate ``sampling.n`` answers for each prompt of this engine's slice, grade them, and
-    gather everything. Returns, per prompt (input order), a list of answer dicts."""
+    gather everything. Returns, per prompt (input order), a list of answer dicts. Only token
+    ids, log-probs and grades travel between ranks (text stays with the engine that made it)."""
     mine = list(range(slot.index, len(prompts), slot.count))
     local = {}
     if mine:
@@ -91,93 +97,91 @@ def generate_and_grade(engine, verifier, prompts: Sequence, sampling: SamplingCo
         ok = verifier.verify_batch([c.text for _, c in flat], [prompts[i].answer for i, _ in flat])
         for (i, c), good in zip(flat, ok):
             truncated = c.finish_reason == "length"
-            reward = 1.0 if (good and not truncated) else 0.0  # over-long answers count as wrong
-            shaped = reward + _overlong_shaping(len(c.token_ids), sampling.max_tokens,
-                                                overlong_buffer, overlong_penalty)
+            correct = bool(good) and not truncated  # over-long answers count as wrong
             local.setdefault(i, []).append({
-                "token_ids": list(c.token_ids), "logprobs": list(c.logprobs), "text": c.text,
-                "correct": reward, "reward": shaped, "truncated": truncated})
+                "token_ids": list(c.token_ids), "logprobs": list(c.logprobs), "correct": correct,
+                "reward": reward_fn(correct, len(c.token_ids)), "truncated": truncated})
     merged = {}
     for part in _all_gather(local if slot.leader else {}):
         merged.update(part)
     return [merged[i] for i in range(len(prompts))]
 
 
-def _overlong_shaping(length: int, max_tokens: int, buffer: int, penalty: float) -> float:
-    """DAPO soft over-long punishment: linear penalty in the last ``buffer`` tokens."""
-    if buffer <= 0:
-        return 0.0
-    start = max_tokens - buffer
-    if length <= start:
-        return 0.0
-    return -min((length - start) / buffer, 1.0) * penalty
-
-
 @dataclass
 class RolloutBatch:
-    samples: list  # TrainSample, groups of n consecutive
+    samples: list[Sample]  # groups of n consecutive
     metrics: dict
-    correct_rates: list  # r-hat of every generated group (before filtering)
+    histograms: dict = field(default_factory=dict)
 
 
 def collect_rollouts(engine, verifier, stream: PromptStream, *, prompts_per_step: int, sampling: SamplingConfig,
                      slot: EngineSlot, gen_batch_multiplier: float = 3.0, max_rounds: int = 10,
-                     filter_groups: bool = True, overlong_buffer: int = 0, overlong_penalty: float = 0.0,
+                     filter_groups: bool = True, reward_fn: RewardFn = plain_reward,
                      step_seed: int = 0, group_offset: int = 0) -> RolloutBatch:
+    """Dynamic sampling: generate ``gen_batch_multiplier`` x prompts per round, keep groups with
+    0 < r-hat < 1, refill until ``prompts_per_step`` groups or ``max_rounds`` rounds."""
     kept: list[tuple] = []  # (prompt, answers, r_hat)
-    all_rates, n_gen, n_correct, lengths, truncs = [], 0, 0, [], 0
+    stats = _RoundStats()
     rounds = 0
     gen_size = max(int(round(prompts_per_step * gen_batch_multiplier)), 1)
     while len(kept) < prompts_per_step and rounds < max_rounds:
         prompts = stream.take(gen_size if filter_groups else prompts_per_step)
         sp = SamplingConfig(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                             max_tokens=sampling.max_tokens, seed=step_seed * 100 + rounds * 10007 + slot.index)
-        graded = generate_and_grade(engine, verifier, prompts, sp, slot,
-                                    overlong_buffer=overlong_buffer, overlong_penalty=overlong_penalty)
+        graded = generate_and_grade(engine, verifier, prompts, sp, slot, reward_fn)
         rounds += 1
         for p, answers in zip(prompts, graded):
-            r_hat = sum(a["correct"] for a in answers) / len(answers)
-            all_rates.append(r_hat)
-            n_gen += len(answers)
-            n_correct += sum(a["correct"] for a in answers)
-            lengths += [len(a["token_ids"]) for a in answers]
-            truncs += sum(a["truncated"] for a in answers)
+            r_hat = stats.add(answers)
             if not filter_groups or 0.0 < r_hat < 1.0:
                 kept.append((p, answers, r_hat))
-    kept = kept[:prompts_per_step]
-    samples = []
-    for g, (p, answers, r_hat) in enumerate(kept):
-        for a in answers:
-            samples.append(TrainSample(
-                tokens=list(p.prompt_ids) + a["token_ids"], prompt_len=len(p.prompt_ids),
-                reward=a["correct"], correct_rate=r_hat, group=group_offset + g,
-                rollout_logprobs=a["logprobs"], meta={"shaped_reward": a["reward"], "uid": p.uid}))
-    metrics = {
-        "rollout/reward": n_correct / max(n_gen, 1),
-        "rollout/kept_group_frac": len([r for r in all_rates if 0 < r < 1]) / max(len(all_rates), 1),
-        "rollout/kept_groups": len(kept),
-        "rollout/refill_rounds": rounds,
-        "rollout/resp_len_mean": sum(lengths) / max(len(lengths), 1),
-        "rollout/resp_len_max": max(lengths) if lengths else 0,
-        "rollout/clipped_frac": truncs / max(n_gen, 1),
-        "rollout/generated": n_gen,
-    }
-    return RolloutBatch(samples=samples, metrics=metrics, correct_rates=all_rates)
+    samples = [Sample(tokens=list(p.prompt_ids) + a["token_ids"], prompt_len=len(p.prompt_ids),
+                      correct=a["correct"], reward=a["reward"], r_hat=r_hat, group=group_offset + g, uid=p.uid,
+                      truncated=a["truncated"], rollout_logprobs=a["logprobs"])
+               for g, (p, answers, r_hat) in enumerate(kept[:prompts_per_step]) for a in answers]
+    metrics = {**stats.metrics(), "rollout/kept_groups": min(len(kept), prompts_per_step),
+               "rollout/refill_rounds": rounds}
+    return RolloutBatch(samples=samples, metrics=metrics, histograms={"rollout/correct_rate_hist": stats.rates})
 
 
-def assign_advantages(samples: Sequence[TrainSample], std_normalize: bool) -> None:
-    """Group-normalised advantages of the (possibly over-long-shaped) rewards: r - mean_group,
-    divided by the group's population std for GRPO/DAPO."""
+@dataclass
+class _RoundStats:
+    """Counts over every generated answer of a step (before filtering)."""
+
+    rates: list = field(default_factory=list)  # r-hat of every generated group
+    n_gen: int = 0
+    n_correct: int = 0
+    truncated: int = 0
+    lengths: list = field(default_factory=list)
+
+    def add(self, answers: list[dict]) -> float:
+        r_hat = sum(a["correct"] for a in answers) / len(answers)
+        self.rates.append(r_hat)
+        self.n_gen += len(answers)
+        self.n_correct += sum(a["correct"] for a in answers)
+        self.lengths += [len(a["token_ids"]) for a in answers]
+        self.truncated += sum(a["truncated"] for a in answers)
+        return r_hat
+
+    def metrics(self) -> dict:
+        n = max(self.n_gen, 1)
+        return {"rollout/reward": self.n_correct / n,
+                "rollout/kept_group_frac": len([r for r in self.rates if 0 < r < 1]) / max(len(self.rates), 1),
+                "rollout/resp_len_mean": sum(self.lengths) / max(len(self.lengths), 1),
+                "rollout/resp_len_max": max(self.lengths) if self.lengths else 0,
+                "rollout/clipped_frac": self.truncated / n,
+                "rollout/generated": self.n_gen}
+
+
+def assign_advantages(samples: Sequence[Sample], advantages: Callable) -> None:
+    """``sample.advantage`` from the (possibly shaped) rewards by the algorithm's group
+    normalisation (``Algorithm.advantages``)."""
     if not samples:
         return
-    rewards = torch.tensor([s.meta.get("shaped_reward", s.reward) for s in samples], dtype=torch.float64)
-    groups = torch.tensor([s.group for s in samples])
-    adv = group_advantages(rewards, groups, std_normalize=std_normalize)
-    for s, a in zip(samples, adv.tolist()):
+    for s, a in zip(samples, advantages([s.reward for s in samples], [s.group for s in samples])):
         s.advantage = a
 
 
-def evaluate(engine, verifier, prompts: Sequence, sampling: SamplingConfig, slot: EngineSlot) -> float:
+def evaluate(engine, verifier, prompts: Sequence[PromptItem], sampling: SamplingConfig, slot: EngineSlot) -> float:
     """Mean accuracy over ``sampling.n`` answers for each held-out prompt."""
     graded = generate_and_grade(engine, verifier, prompts, sampling, slot)
     flat = [a["correct"] for answers in graded for a in answers]

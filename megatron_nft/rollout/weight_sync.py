@@ -63,3 +63,34 @@ def flatten_buckets(buckets: Iterable[list[NamedTensor]]) -> Iterator[NamedTenso
     """Inverse of :func:`bucket_named_tensors`: a flat stream of ``(name, tensor)``."""
     for bucket in buckets:
         yield from bucket
+
+
+class WeightSync:
+    """Trainer -> rollout engine, and the engine's sleep/wake protocol around training.
+
+    The one owner of when a colocated engine holds accelerator memory:
+
+    * :meth:`release` after a rollout: the engine sleeps (vLLM frees its KV cache and offloads
+      its weights) while megatron computes pi_old and trains;
+    * :meth:`push` after the updates: the new weights stream into the engine -- ``export`` yields
+      ``(hf_name, tensor)`` pairs gathered over TP/PP one at a time; they go to ONE
+      ``update_weights`` call, consumed lazily, because each vLLM reload walks every module
+      (one call per bucket would repeat that walk) -- then the engine wakes fully for the next
+      rollout or evaluation.
+
+    ``export`` is a zero-argument callable returning that stream (the trainer passes the
+    policy's HF export), so this module needs nothing from megatron.
+    """
+
+    def __init__(self, engine, export):
+        self.engine = engine
+        self.export = export
+        self.pushes = 0
+
+    def release(self) -> None:
+        self.engine.sleep()
+
+    def push(self) -> None:
+        self.engine.update_weights(self.export())  # wakes only the weights it writes
+        self.engine.wake()  # then the KV cache
+        self.pushes += 1
