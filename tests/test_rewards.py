@@ -372,6 +372,9 @@ RULE_CASES = [
     # math-verify judges where our sympy parse fails (matrix with a trailing \\ row end)
     (r"\begin{pmatrix}\frac{1}{3x^{2/3}}&0\\0&1\end{pmatrix}", r"\begin{pmatrix}\frac{1}{3\sqrt[3]{x}^2}&0\\0&1\\\end{pmatrix}",
      True, "row-end", MV_TESTS + "test_all.py::test_complex_math_expressions"),
+    (r"\boxed{\hbar \omega(v+1 / 2)-\frac{E_{8}^{2} e^{2}}{2 m \omega^{2}}}",
+     r"\hbar \omega(v+1 / 2)-\frac{E_{0}^{2} e^{2}}{2 m \omega^{2}}", False, "mv-faithful",
+     "Minerva gold (math-verify parses both sides as the number 2)"),
     (r"1 + \frac{1}{\mathrm{e}}", r"1 - \frac{1}{\mathrm{e}}", False, "exact-veto", "https://github.com/huggingface/Math-Verify/issues/14"),
 ]
 

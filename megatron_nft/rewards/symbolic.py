@@ -20,6 +20,7 @@ powers while parsing. Timeouts are not handled here: the parent kills the worker
 from __future__ import annotations
 
 import logging
+import re
 from functools import lru_cache
 
 import sympy
@@ -460,16 +461,36 @@ def warmup() -> None:
             pass
 
 
+_CMD_OR_TEXT = re.compile(r"\\text\{[^{}]*\}|\\[a-zA-Z]+")
+
+
+def _faithful(parsed, text: str) -> bool:
+    """math-verify's parse kept the variables of ``text``: an input with letters (other than
+    e and i) must not come back as a plain number (``\\hbar \\omega(v+1/2) - ...`` parsed as
+    ``2`` made two different formulas "equal")."""
+    if not parsed:
+        return False
+    letters = set(re.findall(r"[a-zA-Z]", _CMD_OR_TEXT.sub(" ", text))) - {"e", "i"}
+    if not letters:
+        return True
+    try:
+        return bool(getattr(parsed[0], "free_symbols", None)) or isinstance(parsed[0], str)
+    except Exception:
+        return False
+
+
 def math_verify_judge(pred: str, gold: str) -> bool:
     """math-verify's own verdict, fed as verl and NeMo-RL feed it: the gold wrapped in
-    ``\\boxed{}``; the prediction (already extracted by us) boxed too. No signal-based
-    timeouts: the parent's SIGKILL is the limit."""
+    ``\\boxed{}``; the prediction (already extracted by us) boxed too. Only a faithful parse
+    counts (see ``_faithful``). No signal-based timeouts: the parent's SIGKILL is the limit."""
     from math_verify import parse, verify
 
     try:
         g = parse("\\boxed{" + gold + "}", parsing_timeout=None)
         p = parse("\\boxed{" + pred + "}", parsing_timeout=None)
-        return bool(g and p and verify(g, p, timeout_seconds=None))
+        if not (_faithful(g, gold) and _faithful(p, pred)):
+            return False
+        return bool(verify(g, p, timeout_seconds=None))
     except Exception:
         return False
 

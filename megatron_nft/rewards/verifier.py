@@ -21,8 +21,9 @@ Design
 * Start method: ``spawn`` (default; see ``worker.py`` for the worker side). The workers are fresh interpreters: nothing is inherited
   from a parent that may hold torch/CUDA threads or locks, and no server process lingers
   after ``close()`` (``forkserver`` can be chosen; it restarts faster but keeps a
-  forkserver process alive for the life of the program). Workers start lazily on the first
-  batch that needs them and are reused across calls (imports of sympy/latex2sympy take
+  forkserver process alive for the life of the program). Workers start lazily, when a batch meets its
+  first pair the fast path cannot decide (their imports overlap the rest of the fast path),
+  and are reused across calls (imports of sympy/latex2sympy take
   1-2 s once per worker). Workers are started without re-importing the parent's
   ``__main__`` (see ``_main_module_hidden``): they only import this package, never the
   trainer's torch/megatron stack, and scripts without a ``__main__`` guard work too.
@@ -359,6 +360,8 @@ class MathVerifier:
                         results[i] = self._cache[k]
                         self.stats.cached += 1
                     else:
+                        if not groups:
+                            self._ensure_workers()  # start them now: their imports overlap the fast path
                         groups.setdefault(k, []).append(i)
                     continue
                 results[i] = r
