@@ -1,8 +1,8 @@
 """Training checkpoints: model + optimizer (megatron dist_checkpointing), scheduler, trainer
 state (step, data position) and every rank's RNG state.
 
-Atomicity: all ranks write into ``checkpoints/.tmp-step_XXXXXXXX``; after a barrier rank 0
-renames it to ``checkpoints/step_XXXXXXXX``. A crash mid-write leaves only a ``.tmp-`` folder,
+Atomicity (``checkpoint.common.atomic_dir``): all ranks write into ``checkpoints/.step_XXXXXXXX.partial``;
+after a barrier rank 0 renames it to ``checkpoints/step_XXXXXXXX``. A crash mid-write leaves only a ``.partial`` folder,
 which :func:`latest_checkpoint` never picks (and the next save clears). Resume = re-run the
 same command with the same ``output.dir``.
 """
@@ -82,28 +82,26 @@ def save_checkpoint(policy, output_dir: str, step: int, trainer_state: dict, kee
     """Collective: every rank calls it. Returns the final checkpoint path."""
     from megatron.core import dist_checkpointing
 
+    from megatron_nft.checkpoint.common import atomic_dir
+
     rank = dist.get_rank()
-    root = checkpoint_root(output_dir)
-    name = f"step_{step:08d}"
-    final, tmp = os.path.join(root, name), os.path.join(root, f".tmp-{name}")
-    if rank == 0:
-        os.makedirs(root, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(os.path.join(tmp, "dist"))
-        os.makedirs(os.path.join(tmp, "rng"))
-    dist.barrier()
+    final = os.path.join(checkpoint_root(output_dir), f"step_{step:08d}")
     with_opt = policy.updates > 0
-    dist_checkpointing.save(_sharded_state(policy, False, with_opt), os.path.join(tmp, "dist"))
-    torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
-    dist.barrier()
+    with atomic_dir(final) as tmp:
+        if rank == 0:
+            os.makedirs(os.path.join(tmp, "dist"))
+            os.makedirs(os.path.join(tmp, "rng"))
+        dist.barrier()
+        dist_checkpointing.save(_sharded_state(policy, False, with_opt), os.path.join(tmp, "dist"))
+        torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
+        dist.barrier()
+        if rank == 0:  # written last: a step directory without it is never taken (list_checkpoints)
+            state = dict(trainer_state, step=step, updates=policy.updates, has_optimizer=with_opt,
+                         adam_step=_adam_step(policy.optimizer), megatron_core=megatron_core_version(),
+                         scheduler=policy.scheduler.state_dict(), world_size=dist.get_world_size())
+            with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+                json.dump(state, f, indent=1)
     if rank == 0:
-        state = dict(trainer_state, step=step, updates=policy.updates, has_optimizer=with_opt,
-                     adam_step=_adam_step(policy.optimizer), megatron_core=megatron_core_version(),
-                     scheduler=policy.scheduler.state_dict(), world_size=dist.get_world_size())
-        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-            json.dump(state, f, indent=1)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
         for _, old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
