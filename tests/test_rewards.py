@@ -332,6 +332,12 @@ RULE_CASES = [
     (r"\begin{pmatrix} 1 \\ -2 \end{pmatrix}", r"\begin{pmatrix} 1 \\ -2 \end{pmatrix}", True, "bare", "MATH500 vector answer"),
     ("odd", r"\text{odd}", True, "bare", MV_TESTS + "test_numina_cases.py"),
     ("no digits here", "5", False, "bare", "prose is not a bare answer"),
+    # boxes joined across a short \text{... and ...} or a "y_2 =" label
+    (r"$$\boxed{(3, 3)} \text{ for part (a) and } \boxed{(1, 1)}$$", "(3, 3), (1, 1)", True, "box-join",
+     MV_TESTS + "test_open_thoughts.py"),
+    (r"\(y_1 = \boxed{-2(x - 1)^2 + 5} \) and \( y_2 = \boxed{3(x + 2)^2 - 2} \)",
+     r"y_{1}=-2 x^{2}+4 x+3, y_{2}=3 x^{2}+12 x+10", True, "box-join", MV_TESTS + "test_open_thoughts.py"),
+    (r"First \boxed{3}, but after checking it is \boxed{4}.", "3, 4", False, "box-join", "a restated answer is not joined"),
     # "Final Answer: ..." after a sentence on the same line; a leaked next chat turn
     ("so 5 x 6 x 4 = 120. Final Answer: The volume of $ABCDEFGH$ is 120. I hope it is correct.", "120", True,
      "final-inline", MV_TESTS + "test_all.py::test_math_extraction_edge_cases"),

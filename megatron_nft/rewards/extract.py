@@ -39,8 +39,11 @@ __all__ = [
 
 # What may sit between two boxes that belong to one multi-part answer.
 # ("or" is not a joiner: "\boxed{15\frac{39}{40}}, or \boxed{\frac{639}{40}}" restates one answer)
+# A short \text{...} holding "and" ("\boxed{(3,3)} \text{ for part (a) and } \boxed{(1,1)}") and a
+# variable label before the next box ("y_1 = \boxed{..} and y_2 = \boxed{..}") join too.
 _BOX_JOIN_SEP = re.compile(
-    r"^(?:\s|,|;|\$|\\quad|\\qquad|\\[()\[\]]|\\text\{\s*and\s*\}|\band\b|&)*$"
+    r"^(?:\s|,|;|\$|\\quad|\\qquad|\\[()\[\]]|\\text\{[^{}]{0,24}\band\b[^{}]{0,8}\}|\band\b|&"
+    r"|[a-zA-Z](?:_\{?\w{1,3}\}?)?\s*=)*$"
 )
 # "Answer: X" at the start of a line (DAPO's format), not "... check our answer: ..."
 _ANSWER_LINE = re.compile(r"^[ \t>*#_]*(?:final\s+)?answer\s*\**\s*[:：]", re.IGNORECASE | re.MULTILINE)
