@@ -8,9 +8,16 @@
    sets (unordered); ``\\pm`` expands to two answers; "x = 3" assignments are unwrapped;
 3. compare elements. Plain numbers (integers, decimals, fractions, mixed numbers, scientific
    notation, percentages), words and base-``b`` numerals are compared here in pure Python,
-   exactly (``fractions.Fraction``; decimals: see ``numbers.numbers_equal``).
+   exactly (``fractions.Fraction``; decimals: see ``normalize.numbers_equal``).
    Anything else is handed to ``backend`` (the sympy backend in ``symbolic.py``, used in the
-   worker processes). Without a backend the result can be ``None`` = "undecided".
+   worker processes, where math-verify judges what our parser cannot read). Without a
+   backend the result can be ``None`` = "undecided".
+
+Rules on top of math-verify (bottom of this file, one regression case each in
+``tests/test_rewards.py::RULE_CASES``): a left side that only names the quantity
+(``|AB| = 1``, ``V_1:V_2 = 11:21``), ratios and clock times, ``;``-separated solutions written
+as assignments, inequality chains with a named middle (``0 < f(x) < 1``), decimal commas, and
+repeated solution tuples.
 
 Results are tri-state (True / False / None). The parent process runs this with no backend as
 its fast path and only ships undecided pairs to the worker pool.
@@ -231,7 +238,12 @@ def _atoms_equal(p: Node, g: Node, backend: Backend | None) -> Tri:
     else:  # inequality / membership in gold
         return backend.relation(pt, gt) if backend else None
 
-    # plain vs plain
+    return _plain_equal(p, g, backend)
+
+
+def _plain_equal(p: Node, g: Node, backend: Backend | None) -> Tri:
+    """Two plain atoms (no relation): ratios, exact numbers, base-b numerals, words, symbols."""
+    pt, gt = p.text, g.text
     r = _ratios_equal(pt, gt)
     if r is not None:
         return r

@@ -447,23 +447,7 @@ class MathVerifier:
             if obj is not w.conn:
                 continue
             try:
-                while w.conn.poll():
-                    msg = w.conn.recv()
-                    now = time.monotonic()
-                    if msg[0] == "ready":
-                        w.ready = True
-                        self._startup_failures = 0
-                        if w.assigned:
-                            w.task_start = now
-                        continue
-                    tid, ok, err = msg
-                    if w.assigned and w.assigned[0][0] == tid:
-                        w.assigned.popleft()
-                        if results is not None:
-                            results[tid] = bool(ok)
-                            outcomes[tid] = "error" if err else "ok"
-                        done += 1
-                    w.task_start = now if w.assigned else None
+                done += self._drain(w, results, outcomes)
             except (EOFError, OSError):
                 dead.append(w)
         for obj in ready:
@@ -508,6 +492,28 @@ class MathVerifier:
                     self._replace(w, queue)
                     raise RuntimeError("math verifier workers fail to start (check imports)")
             self._replace(w, queue)
+        return done
+
+    def _drain(self, w: WorkerHandle, results: list | None, outcomes: dict | None) -> int:
+        """Read every message waiting from ``w`` ("ready" or task results); tasks finished."""
+        done = 0
+        while w.conn.poll():
+            msg = w.conn.recv()
+            now = time.monotonic()
+            if msg[0] == "ready":
+                w.ready = True
+                self._startup_failures = 0
+                if w.assigned:
+                    w.task_start = now
+                continue
+            tid, ok, err = msg
+            if w.assigned and w.assigned[0][0] == tid:
+                w.assigned.popleft()
+                if results is not None:
+                    results[tid] = bool(ok)
+                    outcomes[tid] = "error" if err else "ok"
+                done += 1
+            w.task_start = now if w.assigned else None
         return done
 
     def _replace(self, w: WorkerHandle, queue: deque | None = None) -> None:
