@@ -455,14 +455,7 @@ class MathVerifier:
             if obj is w.proc.sentinel and w not in dead and not w.proc.is_alive():
                 # drain anything sent just before exiting
                 try:
-                    while w.conn.poll():
-                        tid, ok, err = w.conn.recv()
-                        if w.assigned and w.assigned[0][0] == tid:
-                            w.assigned.popleft()
-                            if results is not None:
-                                results[tid] = bool(ok)
-                                outcomes[tid] = "error" if err else "ok"
-                            done += 1
+                    done += self._drain(w, results, outcomes)
                 except Exception:
                     pass
                 dead.append(w)
