@@ -76,7 +76,7 @@ class AlgorithmConfig:
     clip_low: float = 0.2  # GRPO/DAPO PPO clip
     clip_high: Optional[float] = None  # null = 0.28 for dapo (clip-higher), 0.2 otherwise
     aggregation: Literal[AGGREGATION_MODES] = "token-mean"
-    loss_constant: float = 1000.0  # divisor for token-sum-norm
+    loss_constant: float = 1000.0  # divisor for token-sum-norm / token-sum-dp-mean (reference: 1000)
     overlong_buffer: int = 0  # DAPO overlong reward shaping window (tokens); 0 = off
     overlong_penalty: float = 1.0
     tis_cap: Optional[float] = None  # token-level truncated importance sampling cap; null = off
@@ -99,6 +99,13 @@ class TrainConfig:
     micro_batch_tokens: int = 8192  # token budget of one packed micro-batch
     fused_adam: bool = True  # torch's fused AdamW kernel when megatron falls back to torch (no TE/apex)
     bf16: Optional[bool] = None  # null = bf16 on GPU, fp32 on CPU
+    max_nonfinite_steps: int = 3  # consecutive non-finite (skipped) updates before the run stops
+    spike_factor: float = 10.0  # warn when loss / grad norm exceed this x their recent median; 0 = off
+    # Time limits (runtime.StopSignal): stop, checkpoint and exit before the job's end time -- the
+    # earliest of Slurm's (SLURM_JOB_END_TIME / squeue) and trainer start + time_limit_minutes.
+    time_limit_minutes: Optional[float] = None
+    stop_margin_s: float = 120.0  # kept free before the end time, beyond the measured checkpoint time
+    sigterm_grace_s: float = 30.0  # SIGTERM -> SIGKILL (Slurm KillWait): checkpoint only if it fits
 
 
 @dataclass
@@ -116,6 +123,12 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     sleep_mode: bool = True
     sync_bucket_mb: int = 512
+    # Training reward: "strict_box" = the reference's verl math_dapo strict last box (exact
+    # string match of the last \boxed{} in the last 100 characters); "math_verifier" = the
+    # lenient math verifier (extraction + equivalence, last-number fallback).
+    reward: Literal["math_verifier", "strict_box"] = "math_verifier"
+    # Extra vllm.LLM arguments (max_num_seqs, enforce_eager, enable_prefix_caching, ...).
+    vllm_kwargs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -136,6 +149,10 @@ class EvalConfig:
     temperature: float = 0.6
     top_p: float = 0.7
     max_response_tokens: Optional[int] = None  # null = rollout.max_response_tokens
+    # With data.eval a directory of benchmark files: comma-separated names from the evaluation
+    # registry (eval/benchmarks.py) or "all" (every registered benchmark whose file is there).
+    benchmarks: str = "all"
+    limit: Optional[int] = None  # first N problems of each benchmark; null = all
 
 
 @dataclass
@@ -143,11 +160,15 @@ class CheckpointConfig:
     interval: int = 20  # rollout steps; 0 = only at the end
     keep: int = 2
     export_hf: bool = True  # write output.dir/hf at the end
+    interval_minutes: float = 0.0  # also checkpoint when this long passed since the last one; 0 = off
+    export_hf_interval: int = 0  # also write output.dir/hf (the latest step's HF export) every N steps
+    resume_from: Literal["latest", "previous"] = "latest"  # previous: skip a corrupt newest checkpoint
+    allow_changed_keys: str = ""  # comma-separated recipe keys (or prefixes like data.) allowed to differ on resume
 
 
 @dataclass
 class OutputConfig:
-    dir: str = "outputs/run"
+    dir: str = "outputs/run"  # "auto" = outputs/<recipe file stem>
     tensorboard: bool = True
 
 
@@ -266,6 +287,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             except ValueError:
                 pass
         raise ConfigError(f"{key}: got {value!r}; expected a number")
+    if tp is dict:
+        return _coerce_mapping(key, value)
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -275,6 +298,20 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
         return _build(tp, value, key)
     raise ConfigError(f"{key}: unsupported field type {tp!r}")
+
+
+def _coerce_mapping(key: str, value: Any) -> dict:
+    """A free-form mapping (YAML, or a ``--set key='{a: 1}'`` string)."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.strip() else {}
+        except yaml.YAMLError:
+            pass
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: got {value!r}; expected a mapping such as {{max_num_seqs: 256}}")
+    return {str(k): v for k, v in value.items()}
 
 
 def _build(cls: type, data: dict, prefix: str = "") -> Any:
@@ -375,7 +412,10 @@ def validate(cfg: RecipeConfig) -> RecipeConfig:
     need(cfg.train.max_steps >= 0, "train.max_steps", "must be >= 0")
     need(cfg.train.updates_per_rollout >= 1, "train.updates_per_rollout", "must be >= 1")
     need(cfg.train.micro_batch_tokens >= 1, "train.micro_batch_tokens", "must be >= 1")
-    need(cfg.rollout.n >= 1, "rollout.n", "must be >= 1")
+    need(cfg.rollout.n >= 2, "rollout.n", "must be >= 2: a group of one answer has no advantage, nothing trains")
+    need(cfg.train.prompts_per_step >= 1, "train.prompts_per_step", "must be >= 1 (prompts per rollout step)")
+    need(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")
+    need(cfg.train.spike_factor >= 0, "train.spike_factor", "must be >= 0 (0 = no spike warning)")
     need(0 < cfg.rollout.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
     need(cfg.rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
     need(cfg.rollout.gen_batch_multiplier >= 1, "rollout.gen_batch_multiplier", "must be >= 1")
@@ -390,6 +430,9 @@ def load_config(recipe: Optional[str] = None, overrides: Optional[list[str]] = N
     data = _read_yaml(recipe) if recipe else {}
     data = apply_overrides(data, overrides or [])
     cfg = _build(RecipeConfig, data)
+    if cfg.output.dir == "auto":
+        stem = os.path.splitext(os.path.basename(recipe))[0] if recipe else "run"
+        cfg.output.dir = os.path.join("outputs", stem)
     return validate(cfg)
 
 

@@ -118,7 +118,9 @@ def stage_layers(cfg: RecipeConfig, arch: ModelArch, errors: list) -> list[int]:
 
 def check(cfg: RecipeConfig, arch: ModelArch) -> tuple[list[str], list[str], dict]:
     """Returns (errors, warnings, facts)."""
-    errors: list[str] = []
+    from megatron_nft.rollout.validation import check_data_paths
+
+    errors: list[str] = check_data_paths(cfg)  # data.train / data.eval exist and are readable kinds
     warns: list[str] = []
     c, par, tr, ro = cfg.cluster, cfg.parallel, cfg.train, cfg.rollout
     tp, pp = par.tp, par.pp

@@ -19,7 +19,9 @@ from megatron_nft.algorithms import get_algorithm
 from megatron_nft.config import RecipeConfig, dump_config
 from megatron_nft.data.batching import split_evenly
 from megatron_nft.metrics import MetricsLogger, plot_metrics
-from megatron_nft.runtime import StopSignal, Timer, log0, print_summary, progress_line
+from megatron_nft.runtime import (EXIT, GO, StepAbandoned, StopSignal, Timer, all_max, job_end_time, log0,
+                                  print_summary, progress_line)
+from megatron_nft.stability import UpdateGuard, UserError
 from megatron_nft.types import Sample
 
 
@@ -55,7 +57,13 @@ class Trainer:
         from megatron_nft.megatron.policy import MegatronPolicy
 
         self.cfg, self.algo = cfg, get_algorithm(cfg.algorithm.name)
-        self.stop, self.timer, self.t_start = StopSignal(), Timer(), time.time()
+        self.timer, self.t_start, t = Timer(), time.time(), cfg.train
+        self.stop = StopSignal(job_end_time(t.time_limit_minutes, self.t_start, log0), t.stop_margin_s,
+                               t.sigterm_grace_s)
+        if self.stop.deadline is not None:
+            log0(f"[nft] job end time {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.stop.deadline))} "
+                 f"(in {self.stop.left_s() / 60:.1f} min): checkpoint and exit before it")
+        self.guard = UpdateGuard(cfg.train.max_nonfinite_steps, cfg.train.spike_factor, log=log0)
         self.info = init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.seed)
         self.out = cfg.output.dir
         self._write_recipe()
@@ -73,7 +81,8 @@ class Trainer:
             log0(f"[nft] resumed from {ckpt} (step {state['step']})")
         else:
             self.policy.load_weights(self.model_dir)
-        self.start_step = int(state.get("step", 0))
+        self.start_step = self.saved_step = int(state.get("step", 0))
+        self.pending_eval, self.last_save_t = bool(state.get("pending_eval")), time.time()
         self.eval_history: dict = state.get("eval_history", {})
         self.metrics = MetricsLogger(self.out, enabled=self.info.rank == 0, tensorboard=cfg.output.tensorboard,
                                      resume_step=self.start_step)
@@ -86,48 +95,63 @@ class Trainer:
     def train(self) -> dict:
         """Rollout -> grade -> filter -> pi_old -> updates -> sync -> eval / checkpoint."""
         cfg = self.cfg
-        if self.start_step == 0:
-            self._evaluate(0, log=True)
+        if self.start_step == 0 or self.pending_eval:  # pending: a stop came just before that step's eval
+            self._evaluate(self.start_step, log=True)
         step = self.start_step
         for step in range(self.start_step + 1, cfg.train.max_steps + 1):
+            what = self.stop.poll(ahead_s=self.stop.step_s)  # does one more step fit before the end time?
+            if what != GO:
+                return self._stop_exit(step - 1, what)
             self.timer.new_step()
-            t_step = time.time()
-            with self.timer("rollout"):
-                batch = self.source.collect(step)  # generated, graded, filtered, advantages set
-            m = dict(batch.metrics)
-            if batch.samples:
-                m.update(self._update_policy(batch.samples))
-            else:
-                log0(f"[nft] step {step}: no informative group after {cfg.rollout.max_refill_rounds} rounds; "
-                     "skipping update")
+            t_step, snapshot = time.time(), self._snapshot()
+            try:
+                with self.timer("rollout"):  # generated, graded, filtered, advantages set
+                    batch = self.source.collect(step, poll=self._poll_in_step)
+                m = dict(batch.metrics)
+                if batch.samples:
+                    m.update(self._update_policy(batch.samples, step))
+                else:
+                    log0(f"[nft] step {step}: no informative group after {cfg.rollout.max_refill_rounds} rounds; "
+                         "skipping update")
+            except StepAbandoned as e:  # nothing of this step reached the weights yet
+                log0(f"[nft] {self.stop.reason}: abandoning step {step} ({e})")
+                return self._stop_exit(step - 1, self.stop.poll(), snapshot)
             with self.timer("sync"):
                 self.source.policy_updated()
-            if step == cfg.train.max_steps or (cfg.eval.interval and step % cfg.eval.interval == 0):
+            eval_due = step == cfg.train.max_steps or (cfg.eval.interval and step % cfg.eval.interval == 0)
+            what = self.stop.poll() if eval_due else GO
+            if eval_due and what == GO:
                 m.update(self._evaluate(step))
             self._log_step(step, m, batch.histograms, time.time() - t_step)
-            stopping = self.stop.any_rank()
-            if stopping or step == cfg.train.max_steps or (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0):
+            self.guard.stop_if_exhausted(step)  # K non-finite updates in a row: stop, nothing saved
+            if what != GO:  # the step is done, its eval is not: the resumed run evaluates first
+                return self._stop_exit(step, what, pending_eval=True)
+            self.stop.step_s = max(self.stop.step_s, time.time() - t_step)
+            if step == cfg.train.max_steps or self._checkpoint_due(step):
                 self._save(step)
-            if stopping and step < cfg.train.max_steps:
-                log0(f"[nft] SIGUSR1: checkpointed step {step}; exiting so the job can be requeued")
-                return {"eval_history": self.eval_history, "interrupted_at": step}
         return self._finish(step)
 
     # ------------------------------------------------------------------ phases
-    def _update_policy(self, samples: list[Sample]) -> dict:
+    def _update_policy(self, samples: list[Sample], step: int) -> dict:
         """pi_old for every mini-batch before any update (each DP rank keeps its own shard's
         values), then one optimizer step per mini-batch."""
         batches = mini_batches(samples, self.cfg.train.updates_per_rollout)
         with self.timer("old_logprobs"):
             for b in batches:
+                self._poll_in_step("during old log-probs")
                 self.policy.compute_logprobs(b)
+        self._poll_in_step("before the first update")  # after it the step must complete
         m = self.policy.response_stats(batches)
         with self.timer("train"):
-            parts = [self.policy.train_step(b) for b in batches]
+            parts = []
+            for b in batches:  # a non-finite update is skipped; UpdateGuard stops the run after K in a row
+                parts.append(self.policy.train_step(b))
+                self.guard.observe(step, parts[-1])
         for k in parts[0]:
             m[k] = sum(p[k] for p in parts) / len(parts)
         m["train/tokens"] = sum(p["train/tokens"] for p in parts)
         m["train/grad_norm_max"] = max(p["train/grad_norm"] for p in parts)
+        m["train/skipped_nonfinite"] = sum(p["train/nonfinite"] for p in parts)
         return m
 
     def _evaluate(self, step: int, log: bool = False) -> dict:
@@ -147,16 +171,73 @@ class Trainer:
         self.metrics.log(step, m, histograms=histograms)
         log0(progress_line(step, self.cfg.train.max_steps, m))
 
-    def _save(self, step: int) -> None:
+    def _save(self, step: int, **extra) -> None:
         from megatron_nft.megatron.checkpointing import save_checkpoint
 
-        state = {"eval_history": self.eval_history, **self.source.state()}
+        t0 = time.time()
+        state = {"eval_history": self.eval_history, **self.source.state(), **extra}
+        if self.guard.weights_suspect or not self.policy.weights_finite():
+            log0(f"[nft] WARNING step {step}: weights not finite or the last update was non-finite; "
+                 "no checkpoint written (the newest one is kept)")
+            return
         save_checkpoint(self.policy, self.out, step, state, keep=self.cfg.checkpoint.keep)
+        self.saved_step, self.last_save_t = step, time.time()
+        self.stop.save_s = max(self.stop.save_s, self.last_save_t - t0)
+
+    def _checkpoint_due(self, step: int) -> bool:
+        c = self.cfg.checkpoint
+        if c.interval and step % c.interval == 0:
+            return True
+        late = bool(c.interval_minutes) and time.time() - self.last_save_t >= 60.0 * c.interval_minutes
+        return bool(all_max(float(late)))  # clocks differ by rank: every rank must agree
+
+    # ------------------------------------------------------------------ stopping early
+    def _poll_in_step(self, where: str = "between refill rounds") -> None:
+        if self.stop.poll() != GO:
+            raise StepAbandoned(f"stop seen {where}")
+
+    def _snapshot(self) -> dict:
+        """The data position and RNG at the end of the last completed step."""
+        from megatron_nft.megatron.checkpointing import _rng_state
+
+        return {"source": self.source.state(), "rng": _rng_state()}
+
+    def _stop_exit(self, done: int, what: int, snapshot=None, pending_eval: bool = False) -> dict:
+        """Checkpoint the last completed step ``done`` (unless already on disk, or SIGTERM's grace
+        is too short for a checkpoint) and leave; ``requeue`` goes to $NFT_STATUS_FILE."""
+        from megatron_nft.megatron.checkpointing import _set_rng_state
+
+        if what == EXIT:
+            log0(f"[nft] {self.stop.reason}: a checkpoint ({self.stop.save_s:.0f} s) does not fit in the grace "
+                 f"time ({self.stop.grace_s:.0f} s, train.sigterm_grace_s); exiting without one")
+        elif done > self.saved_step or pending_eval:
+            if snapshot is not None:  # back to the end of step `done`: the resumed run redoes the rest
+                self.source.load_state(snapshot["source"])
+                _set_rng_state(snapshot["rng"])
+            self._save(done, **({"pending_eval": True} if pending_eval else {}))
+        left = self.stop.left_s()
+        log0(f"[nft] {self.stop.reason}: checkpoint at step {self.saved_step}; exiting so the job can be requeued"
+             + ("" if left is None else f" ({left:.0f} s before the job's end time)"))
+        self._write_status("requeue")
+        self.metrics.close()
+        return {"eval_history": self.eval_history, "interrupted_at": self.saved_step}
+
+    def _write_status(self, status: str) -> None:
+        """For slurm/launch.sh: ``done`` or ``requeue`` (rank 0, into $NFT_STATUS_FILE when set)."""
+        path = os.environ.get("NFT_STATUS_FILE")
+        if path and self.info.rank == 0:
+            with open(path, "w") as f:
+                f.write(status + "\n")
 
     def _finish(self, step: int) -> dict:
+        if self.cfg.checkpoint.export_hf and (self.guard.weights_suspect or not self.policy.weights_finite()):
+            raise UserError(f"the final weights are not finite or gave a non-finite loss; "
+                            f"{os.path.join(self.out, 'hf')} was not written. "
+                            "Resume from the newest checkpoint with a lower train.lr")
         if self.cfg.checkpoint.export_hf:
             self.policy.export_hf_dir(os.path.join(self.out, "hf"), self.model_dir)
         self.metrics.close()
+        self._write_status("done")
         summary = {"eval_history": self.eval_history, "seconds": time.time() - self.t_start,
                    "phases": dict(self.timer.total), "final_step": step}
         if self.info.rank == 0:
@@ -191,14 +272,14 @@ class Trainer:
         from megatron_nft.checkpoint.hf_io import tokenizer_dir
         from megatron_nft.data.prompts import load_prompt_dataset
         from megatron_nft.data.synthetic import tiny_problem_kwargs
+        from megatron_nft.rollout.validation import load_eval_set
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(self.model_dir))
         d = cfg.data
         common = dict(system_prompt=d.system_prompt or None, max_prompt_tokens=cfg.rollout.max_prompt_tokens,
                       prompt_key=d.prompt_key, answer_key=d.answer_key, synthetic_kwargs=tiny_problem_kwargs(cfg))
         train = load_prompt_dataset(d.train, tokenizer, split="train", seed=cfg.seed, size=d.train_size, **common)
-        evals = [] if d.eval is None else load_prompt_dataset(
-            d.eval, tokenizer, split="eval", seed=cfg.seed + 1, size=d.eval_size, limit=d.eval_size, **common)
+        evals = load_eval_set(cfg, tokenizer, **common)  # synthetic / a file / a benchmark directory
         log0(f"[nft] {len(train)} training prompts, {len(evals)} held-out eval prompts")
         return train, evals
 
@@ -207,6 +288,7 @@ class Trainer:
             return data  # the offline source, already loaded
         from megatron_nft.checkpoint.hf_io import is_hf_dir
         from megatron_nft.rewards import MathVerifier
+        from megatron_nft.rewards.training import TrainingReward
         from megatron_nft.rollout import make_engine
         from megatron_nft.rollout.collect import PromptStream, engine_slot
         from megatron_nft.rollout.factory import resolve_kind
@@ -222,8 +304,10 @@ class Trainer:
             self.policy.export_hf_dir(engine_dir, self.model_dir)
         engine = make_engine(kind, engine_dir, tp=r.vllm_tp if kind == "vllm" else 1, seed=cfg.seed,
                              gpu_memory_utilization=r.gpu_memory_utilization, sleep_mode=r.sleep_mode,
-                             max_model_len=r.max_prompt_tokens + r.max_response_tokens)
-        verifier = MathVerifier(timeout_s=5.0, num_workers=1 if self.info.world_size > 1 else 2)
+                             max_model_len=r.max_prompt_tokens + r.max_response_tokens,
+                             **(r.vllm_kwargs if kind == "vllm" else {}))
+        verifier = TrainingReward(MathVerifier(timeout_s=5.0, num_workers=1 if self.info.world_size > 1 else 2),
+                                  r.reward)  # rollout.reward; evaluation grading keeps the verifier
         return OnlineSource(cfg, self.algo, engine, verifier, PromptStream(train, seed=cfg.seed), evals,
                             engine_slot(kind, r.vllm_tp), WeightSync(engine, self.policy.hf_state))
 

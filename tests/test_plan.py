@@ -2,7 +2,9 @@
 import glob
 import json
 import os
+import pathlib
 import re
+import tempfile
 
 import pytest
 
@@ -18,12 +20,27 @@ PEAK = re.compile(r"\[memory\] peak per GPU: ([0-9.]+) GiB of ([0-9.]+) GiB -> (
 
 
 def dry(capsys, recipe, *sets):
+    """Dry run with the shipped data paths replaced by existing ones (later ``sets`` win)."""
     argv = ["--recipe", recipe, "--dry-run"]
-    for s in sets:
+    for s in (f"data.train={_DATA[0]}", f"data.eval={_DATA[1]}") + sets:
         argv += ["--set", s]
     rc = main(argv)
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+def _existing_data(root):
+    """A prompt file and a benchmark directory that exist, standing in for the shipped paths."""
+    root = pathlib.Path(root)
+    train = root / "train.jsonl"
+    train.write_text(json.dumps({"prompt": [{"role": "user", "content": "1+1?"}], "answer": "2"}) + "\n")
+    ev = root / "eval"
+    ev.mkdir(exist_ok=True)
+    (ev / "aime24.jsonl").write_text(json.dumps({"problem": "2+2?", "answer": "4"}) + "\n")
+    return str(train), str(ev)
+
+
+_DATA = _existing_data(tempfile.mkdtemp(prefix="nft-plan-data-"))
 
 
 def peak(out):
@@ -102,17 +119,49 @@ def test_does_not_fit(capsys):
 def test_all_recipes_load():
     files = sorted(glob.glob(os.path.join(R, "*.yaml")))
     names = {os.path.basename(f) for f in files}
-    for algo in ("nft", "rft", "grpo", "dapo"):
+    for algo in ("nft", "rft", "grpo", "drgrpo", "dapo"):
         assert {f"{algo}_qwen2.5_math_7b.yaml", f"{algo}_qwen2.5_32b.yaml"} <= names
     for f in files:
         load_config(f)
 
 
-@pytest.mark.parametrize("recipe", sorted(glob.glob(os.path.join(R, "*_qwen2.5_*.yaml"))))
+def test_no_two_recipes_share_an_output_dir():
+    files = sorted(glob.glob(os.path.join(R, "*.yaml")))
+    dirs = {f: os.path.normpath(load_config(f).output.dir) for f in files}
+    assert len(set(dirs.values())) == len(files), dirs
+    assert dirs[os.path.join(R, "dapo_qwen2.5_math_7b.yaml")] == os.path.join("outputs", "dapo_qwen2.5_math_7b")
+
+
+CLUSTER = sorted(glob.glob(os.path.join(R, "*_qwen2.5_*.yaml")))
+
+
+@pytest.mark.parametrize("recipe", CLUSTER)
 def test_cluster_recipes_dry_run(capsys, recipe):
-    rc, out, err = dry(capsys, recipe)
+    rc, out, err = dry(capsys, recipe)  # shipped paths replaced by existing ones
     assert rc == 0, err
     assert peak(out)[2] == "FITS"
+
+
+@pytest.mark.parametrize("recipe", CLUSTER[:1])
+def test_dry_run_names_missing_data_paths(capsys, tmp_path, recipe):
+    rc, out, err = dry(capsys, recipe, f"data.train={tmp_path / 'none.jsonl'}", f"data.eval={tmp_path / 'ev'}")
+    assert rc != 0 and "data.train" in err and "nft-prepare-data --format reference" in err
+    assert "data.eval" in err
+    (tmp_path / "ev").mkdir()  # a directory without any benchmark file
+    rc, out, err = dry(capsys, recipe, f"data.train={_existing_data(tmp_path)[0]}", f"data.eval={tmp_path / 'ev'}")
+    assert rc != 0 and "holds none of the benchmark files" in err
+
+
+def test_cluster_recipes_train_like_the_reference():
+    for f in CLUSTER:
+        c = load_config(f)
+        assert c.rollout.reward == "strict_box" and c.data.system_prompt == ""
+        assert c.data.train.endswith("-boxed.jsonl") and c.data.eval == "data/eval"
+        assert c.rollout.vllm_kwargs.get("enable_prefix_caching") is True
+    t = load_config(os.path.join(R, "tiny_cpu.yaml"))
+    assert t.rollout.reward == "math_verifier" and t.data.eval == "synthetic"
+    assert load_config(R7, ["rollout.vllm_kwargs.max_num_seqs=64"]).rollout.vllm_kwargs["max_num_seqs"] == 64
+    assert load_config(R7).algorithm.aggregation == "token-sum-dp-mean"
 
 
 def test_paper_hyperparameters():
@@ -133,12 +182,13 @@ def test_paper_hyperparameters():
 
 
 @pytest.mark.parametrize("size", ["qwen2.5_math_7b", "qwen2.5_32b"])
-@pytest.mark.parametrize("algo", ["rft", "grpo", "dapo"])
+@pytest.mark.parametrize("algo", ["rft", "grpo", "drgrpo", "dapo"])
 def test_variants_override_only_algorithm(algo, size):
     base = load_config(os.path.join(R, f"nft_{size}.yaml")).to_dict()
     var = load_config(os.path.join(R, f"{algo}_{size}.yaml")).to_dict()
     assert var["algorithm"]["name"] == algo
-    base.pop("algorithm"), var.pop("algorithm")
+    assert var["output"]["dir"] == os.path.join("outputs", f"{algo}_{size}") != base["output"]["dir"]
+    base.pop("algorithm"), var.pop("algorithm"), base.pop("output"), var.pop("output")
     assert var == base
 
 

@@ -9,6 +9,12 @@ times, so rows are deduplicated by prompt text (first occurrence kept). Dropped 
 counted by reason: ``duplicate``, ``missing_answer``, ``empty_prompt``.
 
     nft-prepare-data --input dapo-math-17k.parquet --output data/dapo_17k.jsonl
+    nft-prepare-data --input dapo-math-17k.parquet --output data/dapo-math-17k-boxed.jsonl --format reference
+
+``--format reference`` writes the NFT reference's boxed-prompt variant (``megatron_nft/data/
+reference.py``): the bare problem plus one ``\\boxed{}`` instruction as the user message (DAPO's
+"Answer: $Answer" instruction removed), ``data_source: math_dapo_boxed``; use it with
+``data.system_prompt: ""`` and ``rollout.reward: strict_box`` (the cluster recipes do).
     python -m tools.prepare_data --input math500.jsonl --output data/math500.jsonl --format math
 """
 from __future__ import annotations
@@ -33,6 +39,9 @@ from megatron_nft.data.prompts import (
 )
 
 
+FORMATS = ("auto", "dapo", "math", "reference")
+
+
 def detect_format(row: dict) -> str:
     """``"dapo"`` (chat-list prompt, ``source_prompt`` or ``reward_model``) or ``"math"``."""
     if is_chat(row.get("prompt")) or is_chat(row.get("source_prompt")) or isinstance(row.get("reward_model"), dict):
@@ -47,7 +56,9 @@ def detect_format(row: dict) -> str:
 
 def convert_row(row: dict, fmt: str, prompt_key: str, answer_key: str) -> tuple[Optional[list], Optional[str]]:
     """``(chat_list, answer)`` for one row; either is None when missing/empty."""
-    prompt = extract_prompt(row, prompt_key, prefer_chat=(fmt == "dapo"))
+    prompt = extract_prompt(row, prompt_key, prefer_chat=(fmt in ("dapo", "reference")))
+    if fmt == "reference" and prompt is not None:
+        prompt = _reference_prompt(prompt)
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}] if prompt.strip() else None
     elif is_chat(prompt):
@@ -57,6 +68,19 @@ def convert_row(row: dict, fmt: str, prompt_key: str, answer_key: str) -> tuple[
     elif prompt is not None:
         raise ValueError(f"prompt is neither a string nor a chat list; columns found: {describe_columns(row)}")
     return prompt, extract_answer(row, answer_key)
+
+
+def _reference_prompt(prompt) -> Optional[list]:
+    """The reference's boxed variant of a DAPO prompt: the user turn's bare problem + one boxed
+    instruction; system turns dropped (the instruction lives in the user message)."""
+    from megatron_nft.data.reference import bare_problem, boxed_user_prompt
+
+    if is_chat(prompt):
+        users = [str(m["content"]) for m in prompt if m["role"] == "user"]
+        prompt = users[-1] if users else ""
+    if not isinstance(prompt, str):
+        return prompt
+    return [{"role": "user", "content": boxed_user_prompt(prompt)}] if bare_problem(prompt) else None
 
 
 def prepare(
@@ -75,10 +99,14 @@ def prepare(
     Returns ``{"read", "kept", "dropped": {reason: n}, "conflicting_answers", "format"}``;
     ``conflicting_answers`` counts duplicates whose answer differs from the kept row's.
     """
-    if fmt not in ("auto", "dapo", "math"):
-        raise ValueError(f"--format must be auto, dapo or math, got {fmt!r}")
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     default_source = data_source or os.path.splitext(os.path.basename(input_path))[0]
+    if fmt == "reference":
+        from megatron_nft.data.reference import REFERENCE_DATA_SOURCE
+
+        data_source = data_source or REFERENCE_DATA_SOURCE
     seen: dict[str, str] = {}  # prompt text -> answer of the kept row
     dropped: Counter = Counter()
     read = kept = conflicts = 0
@@ -112,7 +140,7 @@ def prepare(
                 rec = {
                     "prompt": prompt,
                     "answer": answer,
-                    "data_source": str(row.get("data_source") or default_source),
+                    "data_source": data_source if fmt == "reference" else str(row.get("data_source") or default_source),
                     "uid": uid if uid is not None else f"{default_source}-{kept}",
                 }
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -136,7 +164,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="nft-prepare-data", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="input .jsonl / .json / .parquet")
     p.add_argument("--output", required=True, help="output .jsonl (trainer prompt format)")
-    p.add_argument("--format", default="auto", choices=["auto", "dapo", "math"], help="input layout (default: detect)")
+    p.add_argument("--format", default="auto", choices=list(FORMATS),
+                   help="input layout (default: detect); reference = DAPO rows rewritten to the NFT reference's "
+                        "boxed prompt")
     p.add_argument("--prompt-key", default="prompt", help="prompt column (fallbacks: problem, question)")
     p.add_argument("--answer-key", default="answer", help="answer column (fallbacks: reward_model.ground_truth, solution's \\boxed{})")
     p.add_argument("--data-source", default=None, help="data_source for rows without one (default: input file stem)")

@@ -25,7 +25,7 @@ from megatron_nft.types import PromptItem, Sample
 
 
 class RolloutSource(Protocol):
-    def collect(self, step: int) -> RolloutBatch: ...
+    def collect(self, step: int, poll=None) -> RolloutBatch: ...
 
     def policy_updated(self) -> None: ...
 
@@ -45,7 +45,9 @@ class OnlineSource:
     def __init__(self, cfg, algo, engine, verifier, stream: PromptStream, eval_items: Sequence[PromptItem],
                  slot: EngineSlot, sync: WeightSync):
         self.cfg, self.algo, self.engine, self.verifier = cfg, algo, engine, verifier
-        self.stream, self.eval_items, self.slot, self.sync = stream, list(eval_items), slot, sync
+        self.stream, self.slot, self.sync = stream, slot, sync
+        # a BenchmarkEval (rollout/validation.py: per-benchmark grading) or plain prompt items
+        self.eval_items = eval_items if hasattr(eval_items, "evaluate") else list(eval_items)
         r, e = cfg.rollout, cfg.eval
         self.sampling = SamplingConfig(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_response_tokens)
         self.eval_sampling = SamplingConfig(n=e.n, temperature=e.temperature, top_p=e.top_p,
@@ -55,13 +57,13 @@ class OnlineSource:
     def _reward(self, correct: bool, length: int) -> float:
         return self.algo.shaped_reward(self.cfg.algorithm, correct, length, self.sampling.max_tokens)
 
-    def collect(self, step: int) -> RolloutBatch:
+    def collect(self, step: int, poll=None) -> RolloutBatch:
         c = self.cfg
         rb = collect_rollouts(
             self.engine, self.verifier, self.stream, prompts_per_step=c.train.prompts_per_step,
             sampling=self.sampling, slot=self.slot, gen_batch_multiplier=c.rollout.gen_batch_multiplier,
             max_rounds=c.rollout.max_refill_rounds, filter_groups=True, reward_fn=self._reward,
-            step_seed=c.seed * 7919 + step)
+            step_seed=c.seed * 7919 + step, poll=poll)
         self.sync.release()  # vLLM: free KV cache, offload weights while megatron trains
         assign_advantages(rb.samples, self.algo.advantages)
         return rb
@@ -72,6 +74,8 @@ class OnlineSource:
     def evaluate(self, step: int) -> dict:
         if not self.eval_items:
             return {}
+        if hasattr(self.eval_items, "evaluate"):
+            return self.eval_items.evaluate(self.engine, self.verifier, self.eval_sampling, self.slot)
         return {"eval/accuracy": evaluate(self.engine, self.verifier, self.eval_items, self.eval_sampling, self.slot)}
 
     def state(self) -> dict:
@@ -96,7 +100,7 @@ class OfflineSource:
         self.cfg, self.algo = cfg, algo
         self.groups = load_offline_groups(path)
 
-    def collect(self, step: int) -> RolloutBatch:
+    def collect(self, step: int, poll=None) -> RolloutBatch:
         samples = [s for s in offline_samples(self.groups, step - 1, self.cfg.train.prompts_per_step)
                    if 0.0 < s.r_hat < 1.0]
         assign_advantages(samples, self.algo.advantages)
