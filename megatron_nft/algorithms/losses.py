@@ -271,6 +271,7 @@ def aggregate(
     num_tokens: Union[Number, Tensor, None] = None,
     num_seqs: Union[Number, Tensor, None] = None,
     constant: float = 1000.0,
+    dp_size: int = 1,
 ) -> Tensor:
     """Reduce a ``[B, T]`` token loss to a scalar over the valid tokens of ``mask``.
 
@@ -285,6 +286,14 @@ def aggregate(
       defaults to the number of sequences with at least one valid token; pass
       the global number of sequences for the same additivity.
     * ``"token-sum-norm"``: ``Σ loss·mask / constant`` (reference code: 1000).
+    * ``"token-sum-dp-mean"``: ``Σ loss·mask / (constant · dp_size)`` -- the NFT reference's
+      scale (NVlabs/NFT ``dp_actor.py``: each GPU sums its sequences' token losses / 1000 per
+      micro-batch, gradients accumulate over micro-batches and FSDP averages them over the
+      ``dp_size`` data-parallel ranks). Versus token-mean the gradient is ``num_tokens /
+      (constant · dp_size)`` times larger (7B reference step: 32 prompts x 16 answers x ~1k tokens
+      / (1000 x 32 GPUs) ~ 16x), so it grows with response length and batch and shrinks with DP:
+      Adam's update is scale-free, but the ``grad_clip`` threshold (1.0) clips a different set of
+      steps, and weight decay / Adam eps weigh differently -- the regime the paper trained in.
 
     Masked positions are excluded with ``torch.where`` so garbage (inf/NaN) in
     padding cannot leak into the value. Default denominators are clamped to
@@ -307,11 +316,11 @@ def aggregate(
         return seq_means.sum() / denom
     if not constant > 0:
         raise ValueError(f"constant must be > 0; got {constant}")
-    return masked.sum() / constant
+    return masked.sum() / (constant * (dp_size if mode == "token-sum-dp-mean" else 1))
 
 
 def aggregation_weights(mode: str, response_lens: Sequence[int], *, num_tokens: int, num_seqs: int,
-                        constant: float = 1000.0) -> list[float]:
+                        constant: float = 1000.0, dp_size: int = 1) -> list[float]:
     """Per-sample token weights ``w`` such that ``Σ_samples Σ_t w·loss_t / num_tokens`` equals
     :func:`aggregate` of ``mode`` over the whole batch.
 
@@ -322,7 +331,9 @@ def aggregation_weights(mode: str, response_lens: Sequence[int], *, num_tokens: 
 
     * ``token-mean``: ``w = 1``;
     * ``seq-mean-token-mean``: ``w = num_tokens / (num_seqs · len_i)``;
-    * ``token-sum-norm``: ``w = num_tokens / constant``.
+    * ``token-sum-norm``: ``w = num_tokens / constant``;
+    * ``token-sum-dp-mean``: ``w = num_tokens / (constant · dp_size)``, so that
+      ``Σ w·loss / num_tokens = Σ loss / (constant · dp_size)`` (the reference's scale).
     """
     if mode not in AGGREGATION_MODES:
         raise ValueError(f"unknown aggregation mode {mode!r}; allowed: {', '.join(AGGREGATION_MODES)}")
@@ -332,4 +343,6 @@ def aggregation_weights(mode: str, response_lens: Sequence[int], *, num_tokens: 
         return [num_tokens / (num_seqs * max(n, 1)) for n in response_lens]
     if not constant > 0:
         raise ValueError(f"constant must be > 0; got {constant}")
-    return [num_tokens / constant] * len(response_lens)
+    if dp_size < 1:
+        raise ValueError(f"dp_size must be >= 1; got {dp_size}")
+    return [num_tokens / (constant * (dp_size if mode == "token-sum-dp-mean" else 1))] * len(response_lens)

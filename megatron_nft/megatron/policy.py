@@ -24,6 +24,7 @@ from megatron_nft.config import RecipeConfig
 from megatron_nft.megatron.batches import MicroBatch, build_micro_batches, dp_shard, scatter_response_values
 from megatron_nft.megatron.logprobs import chunked_logprobs
 from megatron_nft.megatron.model import build_gpt_model, unwrap_model, vocab_size_of
+from megatron_nft.megatron.optim_step import guarded_step, params_finite
 from megatron_nft.megatron.parallel import get_info
 from megatron_nft.megatron.precision import (check_precision_supported, fp8_align_size, mfu, model_flops_per_token, peak_flops,
                                              precision_overrides, token_weighted_seq_len)
@@ -257,22 +258,24 @@ class MegatronPolicy:
             shard = [Sample(tokens=[0, 0], prompt_len=2)]
         a = self.cfg.algorithm
         weights = aggregation_weights(a.aggregation, [s.response_len for s in shard], num_tokens=n_tokens,
-                                      num_seqs=n_seqs, constant=a.loss_constant)
+                                      num_seqs=n_seqs, constant=a.loss_constant, dp_size=info.dp)
         mbs = self._micro_batches(shard, weights)
         for m in self.chunks:
             m.train()
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
         outs = self._run_schedule(mbs, self._loss_func, forward_only=False)
-        ok, grad_norm, _ = self.optimizer.step()
-        self.scheduler.step(increment=1)
-        self.updates += 1
-        return {**self._throughput(samples, time.perf_counter() - t0),
-                **self._step_report(outs, n_tokens),
-                "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+        report = self._step_report(outs, n_tokens)
+        ok, grad_norm, nonfinite = guarded_step(self.optimizer, report["train/loss"])
+        if ok:  # a skipped update moves neither the schedule nor the update count
+            self.scheduler.step(increment=1)
+            self.updates += 1
+        return {**self._throughput(samples, time.perf_counter() - t0), **report,
+                "train/grad_norm": grad_norm,
                 "train/lr": self.optimizer.param_groups[0]["lr"],
                 "train/tokens": n_tokens,
-                "train/update_skipped": 0.0 if ok else 1.0}
+                "train/update_skipped": 0.0 if ok else 1.0,
+                "train/nonfinite": 1.0 if nonfinite else 0.0}
 
     def _step_report(self, outs: list, n_tokens: int) -> dict:
         """Sum the micro-batch reports of the last stage over DP, share them with every rank."""
@@ -360,6 +363,10 @@ class MegatronPolicy:
 
     def unwrapped(self):
         return unwrap_model(self.model)
+
+    def weights_finite(self) -> bool:
+        """Collective: every parameter on every rank finite (checked before a checkpoint / export)."""
+        return params_finite([self.unwrapped()])
 
     @torch.no_grad()
     def weights_loaded(self) -> None:
