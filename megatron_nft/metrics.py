@@ -30,10 +30,11 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+            self._tb = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=resume_step + 1 if resume_step else 0)
 
     def _truncate_after(self, step: int) -> None:
-        """Keep rows with step <= ``step`` (rows of a crashed future are dropped on resume)."""
+        """Keep rows with step <= ``step`` (rows of a crashed future are dropped on resume); a
+        fresh start (``step`` 0, no checkpoint) logs step 0 again, so it keeps nothing."""
         if not os.path.exists(self.path):
             return
         keep = []
@@ -43,7 +44,7 @@ class MetricsLogger:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a torn last line from a crash
-                if row.get("step", 0) <= step:
+                if step > 0 and row.get("step", 0) <= step:
                     keep.append(line if line.endswith("\n") else line + "\n")
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:

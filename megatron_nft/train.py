@@ -12,6 +12,7 @@ import sys
 import warnings
 
 from megatron_nft.config import ConfigError, load_config
+from megatron_nft.stability import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +65,10 @@ def main(argv=None) -> int:
         run(cfg)
     except ConfigError as e:
         print(f"nft-train: config error: {e}", file=sys.stderr)
+        return 2
+    except UserError as e:  # every rank raises it; one line from rank 0, no traceback
+        if os.environ.get("RANK", "0") == "0":
+            print(f"nft-train: error: {e}", file=sys.stderr)
         return 2
     finally:
         from megatron_nft.megatron.parallel import destroy

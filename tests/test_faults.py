@@ -1,0 +1,105 @@
+"""Fault injection on the offline tiny model (real torchrun, real megatron-core, real files):
+non-finite updates, metrics rows after restarts, input that trains nothing.
+
+References: the files the run leaves (checkpoints, ``metrics.jsonl``, ``hf/``) and the exit
+status / message a user sees; no stubs.
+"""
+import json
+import subprocess
+
+import pytest
+
+from _dist_helpers import PYTHON, REPO, TORCHRUN, _run, env, free_port
+from megatron_nft.testing import make_tiny_qwen2
+
+pytestmark = pytest.mark.slow
+
+
+def write_offline(path, rewards=((1, 0, 0, 1), (0, 1, 1, 0), (1, 1, 0, 1)), seed=0):
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for g, rs in enumerate(rewards):
+            prompt = [rng.randrange(5, 1000) for _ in range(6)]
+            for r in rs:
+                resp = [rng.randrange(5, 1000) for _ in range(5)]
+                f.write(json.dumps({"group": f"q{g}", "prompt_ids": prompt, "response_ids": resp, "reward": r}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hf") / "tiny"
+    make_tiny_qwen2(d, vocab=1100, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=128)
+    return d
+
+
+def recipe(tmp, hf, data, out=None, **train):
+    t = {"lr": 1.0e-3, "max_steps": 2, "updates_per_rollout": 1, "warmup_steps": 0, **train}
+    text = (f"seed: 3\nmodel: {{hf_path: {hf}}}\nparallel: {{tp: 1, pp: 1}}\n"
+            f"algorithm: {{name: nft, epsilon: 1.0}}\ntrain: {json.dumps(t)}\n"
+            f"rollout: {{source: {data}}}\ncheckpoint: {{interval: 1, keep: 2}}\n"
+            f"output: {{dir: {out or tmp / 'run'}, tensorboard: false}}\n")
+    p = tmp / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def train(recipe_path, *sets, nproc=1, timeout=600):
+    """nft-train as one plain process (``nproc`` 1) or under torchrun."""
+    launch = [PYTHON] if nproc == 1 else [TORCHRUN, "--nproc-per-node", str(nproc), "--master-port", str(free_port())]
+    cmd = launch + ["-m", "megatron_nft.train", "--recipe", str(recipe_path)]
+    for s in sets:
+        cmd += ["--set", s]
+    return _run(cmd, timeout)
+
+
+def metrics(out):
+    return [json.loads(line) for line in open(out / "metrics.jsonl")]
+
+
+def ckpt_steps(out):
+    root = out / "checkpoints"
+    return sorted(int(p.name[5:]) for p in root.iterdir() if p.name.startswith("step_")) if root.exists() else []
+
+
+def test_exploding_lr_skips_updates_and_stops_without_bad_checkpoint(tmp_path, tiny_hf):
+    """lr=1e20: the first update makes the weights huge; the next losses are non-finite, those
+    updates are skipped and counted, and after train.max_nonfinite_steps the run stops non-zero
+    naming the step and train.lr; no checkpoint after the first bad step, no hf/."""
+    out = tmp_path / "run"
+    r = recipe(tmp_path, tiny_hf, write_offline(tmp_path / "a.jsonl"), lr=1e20, max_steps=8, max_nonfinite_steps=2)
+    p = train(r)
+    assert p.returncode == 2, p.output
+    assert "consecutive updates had a non-finite loss" in p.stderr and "train.lr" in p.stderr, p.output
+    assert "Traceback" not in p.stderr, p.output
+    rows = metrics(out)
+    skipped = [row["step"] for row in rows if row.get("train/skipped_nonfinite")]
+    assert len(skipped) == 2 and skipped == list(range(skipped[0], skipped[0] + 2)), rows
+    assert f"step {skipped[-1]}:" in p.stderr
+    assert all(s < skipped[0] for s in ckpt_steps(out)), (ckpt_steps(out), skipped)
+    assert not (out / "hf").exists()
+
+
+def test_fresh_restart_leaves_one_row_per_step(tmp_path, tiny_hf):
+    """A run killed before its first checkpoint restarts from scratch: metrics.jsonl gets
+    exactly one row per step (no second step-0 row)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval/accuracy": 0.5}) + "\n"
+                                       + json.dumps({"step": 1, "train/loss": 1.0}) + "\n")
+    r = recipe(tmp_path, tiny_hf, write_offline(tmp_path / "a.jsonl"), max_steps=2)
+    p = train(r)
+    assert p.returncode == 0, p.output
+    steps = [row["step"] for row in metrics(out)]
+    assert steps == sorted(set(steps)) and steps[-1] == 2, steps
+
+
+@pytest.mark.parametrize("key,value,fix", [("rollout.n", "1", ">= 2"), ("train.prompts_per_step", "0", ">= 1")])
+def test_refuses_settings_that_train_nothing(tmp_path, key, value, fix):
+    p = subprocess.run([PYTHON, "-m", "megatron_nft.train", "--recipe", str(REPO / "recipes" / "tiny_cpu.yaml"),
+                        "--set", f"{key}={value}", "--set", f"output.dir={tmp_path / 'run'}"],
+                       cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and key in p.stderr and fix in p.stderr, p.stderr
+    assert not (tmp_path / "run").exists()
