@@ -194,3 +194,18 @@ def test_store_skips_done_and_ignores_cut_line(tmp_path):
     assert [r["response"] for r in _lines(path)] == ["x", "y", "z", "z"]
     with pytest.raises(ValueError, match="other settings"):
         GenerationStore(path, {"a": 2})
+
+
+def test_slurm_eval_uses_every_gpu():
+    def dry(*args, **env):
+        e = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "NFT_"))}
+        e.update(env, NFT_EVAL_DRY="1", PATH="/usr/bin:/bin")  # no nvidia-smi: Slurm's count only
+        r = subprocess.run(["bash", os.path.join(ROOT, "slurm", "eval.sh"), *args], cwd=ROOT, env=e,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split("-m tools.eval ", 1)[1].split()
+
+    assert dry("--model", "m", "--tp", "4", SLURM_GPUS_ON_NODE="8") == ["--dp", "2", "--model", "m", "--tp", "4"]
+    assert dry("--model", "m", SLURM_GPUS_ON_NODE="8", NFT_EVAL_TP="2") == ["--tp", "2", "--dp", "4", "--model", "m"]
+    assert dry("--model", "m", "--dp", "3", SLURM_GPUS_ON_NODE="8") == ["--tp", "1", "--model", "m", "--dp", "3"]
+    assert dry("--model", "m") == ["--tp", "1", "--dp", "1", "--model", "m"]
