@@ -21,6 +21,7 @@ from megatron_nft.data.batching import split_evenly
 from megatron_nft.metrics import MetricsLogger, plot_metrics
 from megatron_nft.runtime import (EXIT, GO, StepAbandoned, StopSignal, Timer, all_max, job_end_time, log0,
                                   print_summary, progress_line)
+from megatron_nft.runlock import hold_run_dir
 from megatron_nft.stability import UpdateGuard, UserError
 from megatron_nft.types import Sample
 
@@ -66,6 +67,7 @@ class Trainer:
         self.guard = UpdateGuard(cfg.train.max_nonfinite_steps, cfg.train.spike_factor, log=log0)
         self.info = init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.seed)
         self.out = cfg.output.dir
+        self.lock = hold_run_dir(self.out, self.info.rank)  # one run per output.dir, before anything is written
         self._write_recipe()
         log0(f"[nft] world {self.info.world_size} = tp {self.info.tp} x pp {self.info.pp} x dp {self.info.dp} "
              f"on {self.info.device}; algorithm {cfg.algorithm.name}; output {self.out}")
@@ -182,7 +184,7 @@ class Trainer:
             return
         save_checkpoint(self.policy, self.out, step, state, keep=self.cfg.checkpoint.keep)
         self.saved_step, self.last_save_t = step, time.time()
-        self.stop.save_s = max(self.stop.save_s, self.last_save_t - t0)
+        self.stop.save_s = max(self.stop.save_s or 0.0, self.last_save_t - t0)
 
     def _checkpoint_due(self, step: int) -> bool:
         c = self.cfg.checkpoint
@@ -208,7 +210,7 @@ class Trainer:
         from megatron_nft.megatron.checkpointing import _set_rng_state
 
         if what == EXIT:
-            log0(f"[nft] {self.stop.reason}: a checkpoint ({self.stop.save_s:.0f} s) does not fit in the grace "
+            log0(f"[nft] {self.stop.reason}: a checkpoint ({self.stop.save_s or 0:.0f} s) does not fit in the grace "
                  f"time ({self.stop.grace_s:.0f} s, train.sigterm_grace_s); exiting without one")
         elif done > self.saved_step or pending_eval:
             if snapshot is not None:  # back to the end of step `done`: the resumed run redoes the rest
@@ -250,6 +252,9 @@ class Trainer:
         if self.source is not None:
             self.source.close()
             self.source = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # ------------------------------------------------------------------ building
     def _write_recipe(self) -> None:
