@@ -1,6 +1,7 @@
 """Evaluation benchmarks: registry, problem loading and grading.
 
-Registry (``BENCHMARKS``, in the order of the paper's Table 1 columns we print)::
+Registry (``BENCHMARKS``, in results-JSON order; the printed table uses Table 1's column order,
+``report.TABLE1_COLUMNS``)::
 
     name           file                 question   gold                          grader      n
     aime24         aime24.jsonl         problem    answer ("025")                strict_box  32
