@@ -443,6 +443,12 @@ def test_fast_path_is_pure_python_and_decisive():
     for p, g, exp in decided:
         assert answers_equal(p, g, backend=None) is exp, (p, g)
     assert answers_equal("\\sqrt{8}", "2\\sqrt{2}", backend=None) is None  # needs sympy
+    # refuted in the parent by 50-digit values at a probe point (MATH500 golds 67\pi/3, n(n+1)/2)
+    assert answers_equal(r"\frac{67 \pi}{12}", r"\frac{67 \pi}{3}", backend=None) is False
+    assert answers_equal(r"\frac{n(n+10)}{2}", r"\frac{n(n+1)}{2}", backend=None) is False
+    assert answers_equal("2^{100}+1", "2^{100}", backend=None) is None  # cancellation: exact check
+    assert answers_equal("x^2-1", "(x-1)(x+1)", backend=None) is None  # equal values never decide
+    assert answers_equal(PATHOLOGICAL, "5", backend=None) is None  # bounded powers: returns at once
 
 
 def test_size_guard():

@@ -270,8 +270,29 @@ def _plain_equal(p: Node, g: Node, backend: Backend | None) -> Tri:
     if len(pt) == 1 and len(gt) == 1 and pt.isalpha() and gt.isalpha():
         return pt.lower() == gt.lower()
     if backend is None:
-        return None
+        return None if p.pct or g.pct else _values_differ(pt, gt)
     return backend.atom(pt, gt, p.pct, g.pct)
+
+
+_REFUTE_REL = 1e-15  # equal expressions agree to ~1e-45 at 50 digits; between: cancellation
+
+
+def _values_differ(pt: str, gt: str) -> Tri:
+    """Parent-side refutation without sympy: False when both sides are in the fast parser's
+    subset and their values (50 digits, the same probe value for each symbol) differ;
+    otherwise None (the worker decides). Decimals are left to the rounding rules."""
+    if "." in pt or "." in gt:
+        return None
+    from .fastparse import Unsupported, fast_values
+
+    values: dict = {}
+    try:
+        a, b = fast_values(pt, values), fast_values(gt, values)
+        diff, scale = abs(a - b), max(abs(a), abs(b))
+        finite = all(x == x and abs(x) != float("inf") for x in (a, b))
+    except (Unsupported, ArithmeticError, ValueError, TypeError):
+        return None
+    return False if finite and diff > _REFUTE_REL * scale else None
 
 
 def _ordered(ps: list[Node], gs: list[Node], backend: Backend | None) -> Tri:

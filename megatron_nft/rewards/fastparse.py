@@ -10,16 +10,18 @@ Conventions match latex2sympy's so that a mix of both parsers compares correctly
 lower-cased single letters (``ab`` = a*b), ``i`` is the imaginary unit, ``e`` is Euler's
 number (``E`` a symbol), decimals are Floats,
 juxtaposition is multiplication, ``x^23`` is ``x^2 * 3``.
+
+The grammar is written once over a small number interface: ``fast_parse`` builds sympy
+objects (worker side); ``fast_values`` evaluates the same grammar with mpmath numbers (50
+digits) at given values of the symbols, without importing sympy -- the parent process uses it
+only to *refute* (two answers whose values differ at a probe point cannot be equal).
 """
 
 from __future__ import annotations
 
 import re
 
-import sympy
-from sympy import Float, I, Integer, Rational, Symbol, pi, oo
-
-__all__ = ["fast_parse", "Unsupported"]
+__all__ = ["fast_parse", "fast_values", "Unsupported"]
 
 
 class Unsupported(ValueError):
@@ -41,9 +43,10 @@ def _tokens(s: str) -> list[str]:
 
 
 class _P:
-    def __init__(self, s: str):
+    def __init__(self, s: str, ops):
         self.t = _tokens(s)
         self.i = 0
+        self.ops = ops
 
     def peek(self, k: int = 0):
         j = self.i + k
@@ -120,7 +123,7 @@ class _P:
         if self.peek() == "^":
             self.take()
             exp = self.exponent()
-            return base ** exp
+            return self.ops.power(base, exp)
         return base
 
     def exponent(self):
@@ -139,11 +142,11 @@ class _P:
                 raise Unsupported("decimal exponent")
             if len(tok) > 1:  # x^23 = x^2 * 3: push back the rest
                 self.t.insert(self.i, tok[1:])
-            return Integer(tok[0])
+            return self.ops.integer(tok[0])
         if len(tok) == 1 and tok.isalpha():
             return self._symbol(tok)
         if tok == "\\pi":
-            return pi
+            return self.ops.pi
         if tok == "(":
             v = self.expr()
             self.expect(")")
@@ -154,17 +157,15 @@ class _P:
         v = self.atom()
         while self.peek() == "!":
             self.take()
-            if not (isinstance(v, Integer) and 0 <= v <= 3000):
-                raise Unsupported("factorial")
-            v = sympy.factorial(v)
+            v = self.ops.factorial(v)
         return v
 
     def _symbol(self, ch: str):
         if ch == "i":
-            return I
+            return self.ops.i
         if ch == "e":
-            return sympy.E  # as latex2sympy: lower-case e is Euler's number, E a symbol
-        return Symbol(ch.lower(), real=True)
+            return self.ops.e  # as latex2sympy: lower-case e is Euler's number, E a symbol
+        return self.ops.symbol(ch.lower())
 
     def group(self):
         tok = self.take()
@@ -175,7 +176,7 @@ class _P:
         if tok[0].isdigit() and tok.isdigit():  # \frac12, \sqrt3
             if len(tok) > 1:
                 self.t.insert(self.i, tok[1:])
-            return Integer(tok[0])
+            return self.ops.integer(tok[0])
         if len(tok) == 1 and tok.isalpha():
             return self._symbol(tok)
         raise Unsupported("group")
@@ -183,7 +184,7 @@ class _P:
     def atom(self):
         tok = self.take()
         if tok[0].isdigit() or tok[0] == ".":
-            return Float(tok) if "." in tok else Integer(tok)
+            return self.ops.decimal(tok) if "." in tok else self.ops.integer(tok)
         if len(tok) == 1 and tok.isalpha():
             if self.peek() == "_":
                 raise Unsupported("subscript")
@@ -200,9 +201,9 @@ class _P:
             self.expect("}")
             return v
         if tok == "\\pi":
-            return pi
+            return self.ops.pi
         if tok == "\\infty":
-            return oo
+            return self.ops.infinity()
         if tok == "\\frac":
             num = self.group()
             den = self.group()
@@ -214,18 +215,113 @@ class _P:
                 self.take()
                 n = self.expr()
                 self.expect("]")
-                return self.group() ** (Rational(1) / n)
-            return sympy.sqrt(self.group())
+                return self.ops.power(self.group(), self.ops.integer("1") / n)
+            return self.ops.sqrt(self.group())
         raise Unsupported(f"token {tok!r}")
+
+
+class _SympyOps:
+    def __init__(self):
+        import sympy
+
+        self.sympy = sympy
+        self.pi, self.e, self.i = sympy.pi, sympy.E, sympy.I
+
+    def integer(self, tok: str):
+        return self.sympy.Integer(tok)
+
+    def decimal(self, tok: str):
+        return self.sympy.Float(tok)
+
+    def symbol(self, name: str):
+        return self.sympy.Symbol(name, real=True)
+
+    def sqrt(self, x):
+        return self.sympy.sqrt(x)
+
+    def power(self, base, exp):
+        return base**exp
+
+    def infinity(self):
+        return self.sympy.oo
+
+    def factorial(self, v):
+        if not (isinstance(v, self.sympy.Integer) and 0 <= v <= 3000):
+            raise Unsupported("factorial")
+        return self.sympy.factorial(v)
+
+
+class _ValueOps:
+    """mpmath numbers (50 digits); symbols take the given values."""
+
+    def __init__(self, values: dict):
+        self.mp = _value_context()
+        self.values = values
+        self.pi, self.e, self.i = self.mp.pi, self.mp.e, self.mp.mpc(0, 1)
+
+    def integer(self, tok: str):
+        if len(tok) > 40:
+            raise Unsupported("long integer")
+        return self.mp.mpf(int(tok))
+
+    def decimal(self, tok: str):
+        return self.mp.mpf(tok)
+
+    def symbol(self, name: str):
+        return self.values.setdefault(name, self.mp.mpf(_PROBES[len(self.values) % len(_PROBES)]))
+
+    def sqrt(self, x):
+        return self.mp.sqrt(x)
+
+    def power(self, base, exp):
+        """Bounded: a result beyond 10^10000 is not evaluated (power towers stay cheap)."""
+        mp = self.mp
+        size = abs(exp) * mp.log10(abs(base)) if abs(base) > 1 else abs(exp) * 0
+        if abs(exp) > 10_000 or size > 10_000:
+            raise Unsupported("huge power")
+        return mp.power(base, exp)
+
+    def infinity(self):
+        raise Unsupported("infinity")
+
+    def factorial(self, v):
+        if self.mp.im(v) != 0 or v != int(self.mp.re(v)) or not 0 <= v <= 200:
+            raise Unsupported("factorial")
+        return self.mp.factorial(v)
+
+
+_PROBES = ["0.5377", "-0.6471", "1.2609", "-1.9474", "1.2927", "0.1034"]
+_CONTEXT = []
+
+
+def _value_context():
+    """A private mpmath context at 50 digits (the global ``mpmath.mp`` stays untouched)."""
+    if not _CONTEXT:
+        import mpmath
+
+        ctx = mpmath.MPContext()
+        ctx.dps = 50
+        _CONTEXT.append(ctx)
+    return _CONTEXT[0]
+
+
+def _run(text: str, ops):
+    if len(text) > 300:
+        raise Unsupported("long")
+    try:
+        return _P(text, ops).parse()
+    except Unsupported:
+        raise
+    except (RecursionError, TypeError, ValueError, ZeroDivisionError, AttributeError, OverflowError) as e:
+        raise Unsupported(str(e)) from e
 
 
 def fast_parse(text: str):
     """sympy expression for ``text`` or raise ``Unsupported``."""
-    if len(text) > 300:
-        raise Unsupported("long")
-    try:
-        return _P(text).parse()
-    except Unsupported:
-        raise
-    except (RecursionError, TypeError, ValueError, ZeroDivisionError, AttributeError) as e:
-        raise Unsupported(str(e)) from e
+    return _run(text, _SympyOps())
+
+
+def fast_values(text: str, values: dict):
+    """The value of ``text`` (an mpmath number) with its symbols set from ``values`` (name ->
+    number; symbols not in it get probe values, added to ``values``); raises ``Unsupported``."""
+    return _run(text, _ValueOps(values))
