@@ -12,7 +12,7 @@ rules, exact numeric literals), ``equivalence`` (structure + our comparison rule
 de-duplication, worker processes with hard timeouts). Worker side: ``symbolic`` (math-verify as
 the first judge, then the sympy backend of our rules), ``fastparse`` (LaTeX subset parser).
 LaTeX scanning (braces, boxes, top-level splits, ``\\pm``) is ``megatron_nft.latex``.
-Importing this package does not import sympy.
+Importing this package does not import sympy (the parent's fast path uses mpmath values only).
 """
 
 from .equivalence import answers_equal

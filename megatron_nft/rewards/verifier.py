@@ -8,7 +8,8 @@ Design
 ------
 * The parent extracts the answers (``extract.py``) and runs the pure-Python fast path
   (``equivalence.answers_equal`` without a backend: normalised string equality, exact
-  rational comparison of plain numbers, words, base-b numerals, structure/length checks)
+  rational comparison of plain numbers, words, base-b numerals, structure/length checks,
+  refutation by 50-digit values at a probe point via ``fastparse.fast_values``)
   and the static size guard (``guard.py``). Most pairs are decided here without IPC.
 * Undecided pairs go to worker processes that run the sympy backend (``symbolic.py``).
   Tasks are sent in chunks; a worker answers each task as it finishes, so the parent always
