@@ -389,6 +389,8 @@ def test_aggregate_modes_vs_reference():
     assert aggregate(loss, mask, "seq-mean-token-mean").item() == pytest.approx(statistics.fmean(seq_means))
     assert aggregate(loss, mask, "token-sum-norm").item() == pytest.approx(total / 1000.0)
     assert aggregate(loss, mask, "token-sum-norm", constant=10.0).item() == pytest.approx(total / 10.0)
+    # the reference's scale: token sum / constant per GPU, mean over the DP ranks
+    assert aggregate(loss, mask, "token-sum-dp-mean", dp_size=4).item() == pytest.approx(total / 4000.0)
     # bool mask and NaN in padding are fine
     bad = loss.masked_fill(mask == 0, float("nan"))
     assert aggregate(bad, mask.bool(), "token-mean").item() == pytest.approx(total / ntok)
@@ -417,7 +419,7 @@ def test_aggregate_empty_and_errors():
         aggregate(loss, torch.ones(2, 3), "token-mean", num_tokens=0)
     with pytest.raises(ValueError, match="mask shape"):
         aggregate(loss, torch.ones(2, 4), "token-mean")
-    assert set(AGGREGATION_MODES) == {"token-mean", "seq-mean-token-mean", "token-sum-norm"}
+    assert set(AGGREGATION_MODES) == {"token-mean", "seq-mean-token-mean", "token-sum-norm", "token-sum-dp-mean"}
 
 
 # ----------------------------------------------------------------------------- dispatcher
@@ -447,7 +449,7 @@ def test_token_loss_for_dispatch():
 # --------------------------------------------------------------------------- registry / weights
 
 
-@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "token-sum-norm"])
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "token-sum-norm", "token-sum-dp-mean"])
 def test_aggregation_weights_reproduce_aggregate_over_split_batches(mode):
     """The policy's weighted token sums / global token count == aggregate() of the whole batch,
     however the batch is split into micro-batches."""
@@ -459,8 +461,8 @@ def test_aggregation_weights_reproduce_aggregate_over_split_batches(mode):
     mask = torch.zeros(len(lens), 6, dtype=torch.float64)
     for i, n in enumerate(lens):
         mask[i, :n] = 1
-    want = aggregate(loss, mask, mode, constant=7.0)
-    w = aggregation_weights(mode, lens, num_tokens=sum(lens), num_seqs=len(lens), constant=7.0)
+    want = aggregate(loss, mask, mode, constant=7.0, dp_size=3)
+    w = aggregation_weights(mode, lens, num_tokens=sum(lens), num_seqs=len(lens), constant=7.0, dp_size=3)
     parts = [range(0, 2), range(2, 3), range(3, 5)]  # three "micro-batches"
     got = sum((loss[list(p)] * mask[list(p)] * torch.tensor([w[i] for i in p], dtype=torch.float64)[:, None]).sum()
               for p in parts) / sum(lens)
