@@ -16,11 +16,12 @@ import os
 import time
 
 from megatron_nft.algorithms import get_algorithm
-from megatron_nft.config import RecipeConfig, dump_config
+from megatron_nft.config import RecipeConfig
 from megatron_nft.data.batching import split_evenly
 from megatron_nft.metrics import MetricsLogger, plot_metrics
 from megatron_nft.runtime import (EXIT, GO, StepAbandoned, StopSignal, Timer, all_max, job_end_time, log0,
                                   print_summary, progress_line)
+from megatron_nft.resume import load_resumed, resume_checkpoint, write_start_recipe
 from megatron_nft.runlock import hold_run_dir
 from megatron_nft.stability import UpdateGuard, UserError
 from megatron_nft.types import Sample
@@ -53,7 +54,6 @@ class Trainer:
     """One run of a recipe: policy, rollout source, metrics and checkpoints on this rank."""
 
     def __init__(self, cfg: RecipeConfig):
-        from megatron_nft.megatron.checkpointing import latest_checkpoint, load_checkpoint
         from megatron_nft.megatron.parallel import init_distributed
         from megatron_nft.megatron.policy import MegatronPolicy
 
@@ -68,6 +68,7 @@ class Trainer:
         self.info = init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.seed)
         self.out = cfg.output.dir
         self.lock = hold_run_dir(self.out, self.info.rank)  # one run per output.dir, before anything is written
+        self.resume_from = resume_checkpoint(cfg, self.out, log0)  # same experiment? (before the model)
         self._write_recipe()
         log0(f"[nft] world {self.info.world_size} = tp {self.info.tp} x pp {self.info.pp} x dp {self.info.dp} "
              f"on {self.info.device}; algorithm {cfg.algorithm.name}; output {self.out}")
@@ -77,8 +78,8 @@ class Trainer:
         data = self._load_data()  # before the model: bad input fails fast
         self.policy = MegatronPolicy(cfg, hf_config, total_updates=cfg.train.max_steps * cfg.train.updates_per_rollout)
         log0(self.policy.describe())
-        ckpt = latest_checkpoint(self.out)
-        state = load_checkpoint(self.policy, ckpt) if ckpt else {}
+        ckpt = self.resume_from
+        state = load_resumed(self.policy, ckpt) if ckpt else {}
         if ckpt:
             log0(f"[nft] resumed from {ckpt} (step {state['step']})")
         else:
@@ -177,7 +178,8 @@ class Trainer:
         from megatron_nft.megatron.checkpointing import save_checkpoint
 
         t0 = time.time()
-        state = {"eval_history": self.eval_history, **self.source.state(), **extra}
+        state = {"eval_history": self.eval_history, **self.source.state(), **extra,
+                 "recipe": self.cfg.to_dict()}  # resume checks the next start against it (resume.py)
         if self.guard.weights_suspect or not self.policy.weights_finite():
             log0(f"[nft] WARNING step {step}: weights not finite or the last update was non-finite; "
                  "no checkpoint written (the newest one is kept)")
@@ -259,9 +261,7 @@ class Trainer:
     # ------------------------------------------------------------------ building
     def _write_recipe(self) -> None:
         if self.info.rank == 0:
-            os.makedirs(self.out, exist_ok=True)
-            with open(os.path.join(self.out, "recipe.yaml"), "w") as f:
-                f.write(dump_config(self.cfg))
+            log0(f"[nft] recipe of this start: {write_start_recipe(self.cfg, self.out)}")
 
     def _load_data(self):
         """Offline: the answer groups. Online: (tokenizer, train prompts, eval prompts)."""

@@ -28,11 +28,15 @@ def write_offline(path, rewards=((1, 0, 0, 1), (0, 1, 1, 0), (1, 1, 0, 1)), seed
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_hf(tmp_path_factory):
+def make_hf(tmp_path_factory):
     d = tmp_path_factory.mktemp("hf") / "tiny"
     make_tiny_qwen2(d, vocab=1100, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=128)
     return d
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    return make_hf(tmp_path_factory)
 
 
 def recipe(tmp, hf, data, out=None, **train):
