@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch.distributed as dist
 
@@ -117,7 +117,8 @@ class RolloutBatch:
 def collect_rollouts(engine, verifier, stream: PromptStream, *, prompts_per_step: int, sampling: SamplingConfig,
                      slot: EngineSlot, gen_batch_multiplier: float = 3.0, max_rounds: int = 10,
                      filter_groups: bool = True, reward_fn: RewardFn = plain_reward,
-                     step_seed: int = 0, group_offset: int = 0) -> RolloutBatch:
+                     step_seed: int = 0, group_offset: int = 0,
+                     poll: Optional[Callable[[], None]] = None) -> RolloutBatch:
     """Dynamic sampling: generate ``gen_batch_multiplier`` x prompts per round, keep groups with
     0 < r-hat < 1, refill until ``prompts_per_step`` groups or ``max_rounds`` rounds."""
     kept: list[tuple] = []  # (prompt, answers, r_hat)
@@ -125,6 +126,8 @@ def collect_rollouts(engine, verifier, stream: PromptStream, *, prompts_per_step
     rounds = 0
     gen_size = max(int(round(prompts_per_step * gen_batch_multiplier)), 1)
     while len(kept) < prompts_per_step and rounds < max_rounds:
+        if poll is not None and rounds:  # the trainer's stop check (collective); it raises to abandon the step
+            poll()
         prompts = stream.take(gen_size if filter_groups else prompts_per_step)
         sp = SamplingConfig(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                             max_tokens=sampling.max_tokens, seed=step_seed * 100 + rounds * 10007 + slot.index)
