@@ -13,7 +13,7 @@
 # on shared storage (mkdir -p logs once):
 #
 #   sbatch slurm/nft_32b.sh                                    # the paper's NFT run
-#   NFT_RECIPE=recipes/dapo_qwen2.5_32b.yaml sbatch slurm/nft_32b.sh   # a baseline (rft_/grpo_/dapo_)
+#   NFT_RECIPE=recipes/dapo_qwen2.5_32b.yaml sbatch slurm/nft_32b.sh   # a baseline (rft_/grpo_/drgrpo_/dapo_): its own output.dir
 #   sbatch slurm/nft_32b.sh --set train.max_steps=10           # extra args go to the trainer
 #
 # Adapt to your cluster: add `#SBATCH --partition=<gpu partition>` and `#SBATCH --account=<account>`

@@ -110,3 +110,20 @@ def test_shipped_recipes_load(recipe, tmp_path):
     p = tmp_path / "dump.yaml"
     p.write_text(dump_config(cfg))
     assert load_config(str(p)) == cfg
+
+
+def test_output_dir_auto_and_vllm_kwargs(tmp_path):
+    p = tmp_path / "my_baseline.yaml"
+    p.write_text("output: {dir: auto}\nrollout: {vllm_kwargs: {max_num_seqs: 128, enforce_eager: true}}\n")
+    cfg = load_config(str(p))
+    assert cfg.output.dir == os.path.join("outputs", "my_baseline")
+    assert cfg.rollout.vllm_kwargs == {"max_num_seqs": 128, "enforce_eager": True}
+    assert load_config(str(p), ["output.dir=elsewhere"]).output.dir == "elsewhere"
+    over = load_config(str(p), ["rollout.vllm_kwargs={max_num_seqs: 8}"]).rollout.vllm_kwargs
+    assert over == {"max_num_seqs": 8}
+    assert load_config(str(p), ["rollout.vllm_kwargs.enable_prefix_caching=false"]).rollout.vllm_kwargs == {
+        "max_num_seqs": 128, "enforce_eager": True, "enable_prefix_caching": False}
+    with pytest.raises(ConfigError, match="rollout.vllm_kwargs.*mapping"):
+        load_config(None, ["rollout.vllm_kwargs=[1, 2]"])
+    with pytest.raises(ConfigError, match="rollout.reward.*strict_box"):
+        load_config(None, ["rollout.reward=lenient"])
