@@ -184,7 +184,7 @@ class Trainer:
             log0(f"[nft] WARNING step {step}: weights not finite or the last update was non-finite; "
                  "no checkpoint written (the newest one is kept)")
             return
-        save_checkpoint(self.policy, self.out, step, state, keep=self.cfg.checkpoint.keep)
+        save_checkpoint(self.policy, self.out, step, state, keep=self.cfg.checkpoint.keep, model_dir=self.model_dir)
         self.saved_step, self.last_save_t = step, time.time()
         self.stop.save_s = max(self.stop.save_s or 0.0, self.last_save_t - t0)
 

@@ -34,7 +34,8 @@ import torch.distributed as dist
 from megatron_nft.checkpoint.common import (DTYPES, FORMAT_NAME, FORMAT_VERSION, HF_CONFIG_FILE,  # noqa: F401
                                             META_FILE, TOKENIZER_DIR, TOKENIZER_FILES, ConversionError,
                                             dtype_name, is_rank0)
-from megatron_nft.checkpoint.dist import load_dist_checkpoint, read_checkpoint_info, save_dist_checkpoint  # noqa: F401
+from megatron_nft.checkpoint.dist import (  # noqa: F401
+    load_dist_checkpoint, read_checkpoint_info, resolve_checkpoint_dir, save_dist_checkpoint)
 from megatron_nft.checkpoint.hf_io import (HFSafetensors, export_hf_dir, export_model_to_hf_state,  # noqa: F401
                                            load_hf_into_model, write_hf_safetensors)
 
@@ -87,7 +88,7 @@ def convert_mcore_to_hf(mcore_dir, out_dir, *, tp: int = 1, pp: int = 1, dtype: 
     from megatron_nft.megatron import parallel
     from megatron_nft.megatron.model import build_gpt_model, parse_hf_config, validate_parallel
 
-    mcore_dir = Path(mcore_dir)
+    mcore_dir = resolve_checkpoint_dir(mcore_dir)  # a run / step directory -> its dist checkpoint
     hf_cfg, meta = read_checkpoint_info(mcore_dir)
     validate_parallel(parse_hf_config(hf_cfg), tp, pp)
     if tp * pp > 1 and not _under_launcher():
@@ -110,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("hf-to-mcore", help="HF safetensors dir -> megatron dist checkpoint")
     a.add_argument("--hf", required=True, type=Path, help="HF model directory")
     b = sub.add_parser("mcore-to-hf", help="megatron dist checkpoint -> HF safetensors dir")
-    b.add_argument("--mcore", required=True, type=Path, help="converted/trained checkpoint dir")
+    b.add_argument("--mcore", required=True, type=Path,
+                   help="converted checkpoint, training step directory (checkpoints/step_N) or run directory "
+                        "(output.dir: its checkpoints/latest)")
     b.add_argument("--max-shard-size", default="5GB")
     for p in (a, b):
         p.add_argument("--out", required=True, type=Path)

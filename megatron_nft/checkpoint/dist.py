@@ -36,22 +36,26 @@ def save_dist_checkpoint(model_chunks, ckpt_dir, *, hf_dir=None, hf_config: dict
         dist_checkpointing.save(state, str(tmp))
         barrier()
         if is_rank0():
-            _write_checkpoint_info(model_chunks, tmp, hf_dir, hf_config, meta)
+            write_checkpoint_info(model_chunks, tmp, hf_dir, hf_config, meta)
     return Path(ckpt_dir).absolute()
 
 
-def _write_checkpoint_info(model_chunks, tmp: Path, hf_dir, hf_config, meta) -> None:
-    """hf_config.json, tokenizer/ and nft_checkpoint.json of a dist checkpoint (rank 0)."""
+def write_checkpoint_info(model_chunks, tmp: Path, hf_dir, hf_config, meta) -> None:
+    """hf_config.json, tokenizer/ and nft_checkpoint.json of a dist checkpoint (rank 0); also
+    the model part (``step_N/dist``) of a training checkpoint."""
     from megatron.core import parallel_state as ps
 
     m0 = unwrap_chunks(model_chunks)[0]
     arch = m0.nft_arch
-    hf_cfg_path = Path(hf_dir) / "config.json" if hf_dir else None
-    if hf_cfg_path is not None and hf_cfg_path.is_file():
+    src = Path(hf_dir) if hf_dir else None  # an HF directory or a megatron-nft checkpoint
+    hf_cfg_path = next((src / n for n in ("config.json", HF_CONFIG_FILE) if (src / n).is_file()), None) if src else None
+    if hf_cfg_path is not None:
         shutil.copy2(hf_cfg_path, tmp / HF_CONFIG_FILE)
     else:
         (tmp / HF_CONFIG_FILE).write_text(json.dumps(hf_config or m0.nft_hf_config, indent=2))
-    tok = copy_tokenizer_files(Path(hf_dir), tmp / TOKENIZER_DIR) if hf_dir else []
+    if src is not None and not (src / "tokenizer_config.json").is_file() and (src / TOKENIZER_DIR).is_dir():
+        src = src / TOKENIZER_DIR
+    tok = copy_tokenizer_files(src, tmp / TOKENIZER_DIR) if src else []
     info = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
             "architecture": arch.architecture, "dtype": dtype_name(next(m0.parameters()).dtype),
             "vocab_size": arch.vocab_size, "padded_vocab_size": getattr(m0, "vocab_size", None),
@@ -59,6 +63,35 @@ def _write_checkpoint_info(model_chunks, tmp: Path, hf_dir, hf_config, meta) -> 
             "saved_pp": ps.get_pipeline_model_parallel_world_size(),
             "tokenizer_files": tok, **(meta or {})}
     (tmp / META_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+LATEST_FILE = "latest"  # checkpoints/latest: the name of the newest complete step directory
+
+
+def resolve_checkpoint_dir(path) -> Path:
+    """A path a user gives for a trained model -> the dist checkpoint directory to read:
+    a run directory (``output.dir``: its ``checkpoints/latest``), its ``checkpoints/`` folder or
+    ``checkpoints/latest`` (the newest step), a training step directory (``step_N/dist``), or a
+    converted checkpoint (itself)."""
+    d = Path(path)
+    if d.is_file() and d.name == LATEST_FILE:
+        d = d.parent
+    if (d / "checkpoints").is_dir() and not (d / "metadata.json").is_file():
+        d = d / "checkpoints"
+    if (d / LATEST_FILE).is_file():
+        name = (d / LATEST_FILE).read_text().strip()
+        if not (d / name).is_dir():
+            raise ConversionError(f"{d / LATEST_FILE} names {name!r}, which is not in {d} (removed by "
+                                  "checkpoint.keep?); pass a step directory instead")
+        d = d / name
+    elif d.name == "checkpoints" and d.is_dir():
+        steps = sorted(p for p in d.glob("step_*") if (p / "trainer_state.json").is_file())
+        if not steps:
+            raise ConversionError(f"{d} holds no complete step_* checkpoint yet")
+        d = steps[-1]
+    if (d / "dist" / "metadata.json").is_file():
+        d = d / "dist"
+    return d
 
 
 def read_checkpoint_info(ckpt_dir) -> tuple[dict, dict]:

@@ -13,6 +13,7 @@ import os
 import random
 import re
 import shutil
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -78,8 +79,12 @@ def _sharded_state(policy, is_loading: bool, with_optimizer: bool) -> dict:
     return state
 
 
-def save_checkpoint(policy, output_dir: str, step: int, trainer_state: dict, keep: int = 2) -> str:
-    """Collective: every rank calls it. Returns the final checkpoint path."""
+def save_checkpoint(policy, output_dir: str, step: int, trainer_state: dict, keep: int = 2,
+                    model_dir: Optional[str] = None) -> str:
+    """Collective: every rank calls it. Returns the final checkpoint path. ``step_N/dist`` also
+    gets hf_config.json, tokenizer/ and nft_checkpoint.json (from ``model_dir``, the run's HF
+    directory or converted checkpoint), so ``nft-convert mcore-to-hf`` and ``nft-eval`` read it
+    like a converted checkpoint; then ``checkpoints/latest`` names the new step."""
     from megatron.core import dist_checkpointing
 
     from megatron_nft.checkpoint.common import atomic_dir
@@ -95,6 +100,11 @@ def save_checkpoint(policy, output_dir: str, step: int, trainer_state: dict, kee
         dist_checkpointing.save(_sharded_state(policy, False, with_opt), os.path.join(tmp, "dist"))
         torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
         dist.barrier()
+        if rank == 0:
+            from megatron_nft.checkpoint.dist import write_checkpoint_info
+
+            write_checkpoint_info([policy.unwrapped()], Path(tmp) / "dist", model_dir, None,
+                                  {"kind": "training", "step": step})
         if rank == 0:  # written last: a step directory without it is never taken (list_checkpoints)
             state = dict(trainer_state, step=step, updates=policy.updates, has_optimizer=with_opt,
                          adam_step=_adam_step(policy.optimizer), megatron_core=megatron_core_version(),
@@ -102,10 +112,21 @@ def save_checkpoint(policy, output_dir: str, step: int, trainer_state: dict, kee
             with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
                 json.dump(state, f, indent=1)
     if rank == 0:
+        _write_latest(output_dir, final)
         for _, old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def _write_latest(output_dir: str, step_dir: str) -> None:
+    """``checkpoints/latest`` <- the step directory's name, atomically (after the directory)."""
+    from megatron_nft.checkpoint.dist import LATEST_FILE
+
+    path = os.path.join(checkpoint_root(output_dir), LATEST_FILE)
+    with open(path + ".tmp", "w") as f:
+        f.write(os.path.basename(step_dir) + "\n")
+    os.replace(path + ".tmp", path)
 
 
 def _torch_adams(optimizer) -> list:
