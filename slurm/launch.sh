@@ -27,14 +27,21 @@
 #                    (megatron_nft.train only; inside CONTAINER_IMAGE when set)
 #   NFT_PREFLIGHT_CPU=1  the run is meant for CPU: `--check-env --cpu` (slurm/nft_tiny.sh sets it)
 #   NFT_REQUEUE=0    on SIGUSR1 checkpoint and stop, but do not `scontrol requeue`
+#   NFT_MAX_FAILURES requeue after a failed run (non-zero exit without "done") at most this many
+#                    times per job [3]; counted in $LOG_DIR/failures
 #   NFT_LAUNCH_DRY=1 print the derived settings and every node's torchrun command; run nothing
 #
-# Time limits and requeue: the wrappers ask for `#SBATCH --requeue --signal=B:USR1@300`, so
-# Slurm signals this batch shell 5 min before the limit. The trap forwards SIGUSR1 to the srun
-# step (srun passes it to every process of the step); torchrun ignores it (node.sh), the trainer
-# handles it: checkpoint at the next step boundary and exit 0. Then this script runs
+# Time limits and requeue: the trainer reads the job's end time (squeue %e) and, from its own
+# measured step and checkpoint times, checkpoints and exits before it; it polls inside a step too
+# (between refill rounds, old log-prob mini-batches, before eval) and then checkpoints the last
+# completed step. It writes "requeue" or "done" to $NFT_STATUS_FILE ($LOG_DIR/status). As a
+# backup the wrappers ask for `#SBATCH --requeue --signal=B:USR1@<lead>` (lead = the longest step
+# plus a checkpoint, `--dry-run` prints it); the trap forwards SIGUSR1 to the srun step (srun
+# passes it to every process of the step); torchrun ignores it (node.sh). After a stop
+# ("requeue" or SIGUSR1), or a failure (up to NFT_MAX_FAILURES), this script runs
 # `scontrol requeue $SLURM_JOB_ID`: the same job starts again and the trainer resumes from
-# output.dir. (Partitions/accounts: add `#SBATCH --partition=...`/`--account=...` to the wrapper or
+# output.dir. SIGTERM (preemption, scancel) reaches every rank from Slurm itself: they checkpoint
+# if the grace time allows (train.sigterm_grace_s), and this script does not requeue. (Partitions/accounts: add `#SBATCH --partition=...`/`--account=...` to the wrapper or
 # pass them on the command line: `sbatch -p gpu -A myproj slurm/nft_32b.sh`.)
 set -euo pipefail
 
@@ -165,7 +172,10 @@ if [[ "$NFT_MODULE" == megatron_nft.train && "${NFT_PREFLIGHT:-1}" != 0 ]]; then
 fi
 
 stop_requested=0
+terminated=0
 srun_pid=
+export NFT_STATUS_FILE=${NFT_STATUS_FILE:-$LOG_DIR/status}
+rm -f "$NFT_STATUS_FILE"
 # shellcheck disable=SC2317  # called through `trap`
 on_usr1() {
     stop_requested=1
@@ -175,6 +185,12 @@ on_usr1() {
     fi
 }
 trap on_usr1 USR1
+# shellcheck disable=SC2317  # called through `trap`
+on_term() {
+    terminated=1
+    echo "[launch] SIGTERM: the ranks checkpoint if the grace time allows; no requeue from here"
+}
+trap on_term TERM
 
 srun "${srun_args[@]}" "${node_cmd[@]}" "$@" &
 srun_pid=$!
@@ -186,8 +202,22 @@ while true; do
         break
     fi
 done
-echo "[launch] srun exited with $rc"
-if [[ $stop_requested -eq 1 && "${NFT_REQUEUE:-1}" != 0 && -n "$JOB_ID" ]]; then
+status=$(cat "$NFT_STATUS_FILE" 2> /dev/null || true)
+echo "[launch] srun exited with $rc (trainer status: ${status:-none})"
+requeue=0
+if [[ $stop_requested -eq 1 || "$status" == requeue ]]; then
+    requeue=1
+elif [[ $rc -ne 0 && "$status" != "done" ]]; then
+    failures=$(($(cat "$LOG_DIR/failures" 2> /dev/null || echo 0) + 1))
+    echo "$failures" > "$LOG_DIR/failures"
+    if [[ $failures -le ${NFT_MAX_FAILURES:-3} ]]; then
+        echo "[launch] failure $failures of at most ${NFT_MAX_FAILURES:-3} requeued (NFT_MAX_FAILURES)"
+        requeue=1
+    else
+        echo "[launch] $failures failures: not requeueing (NFT_MAX_FAILURES=${NFT_MAX_FAILURES:-3}); see $LOG_DIR" >&2
+    fi
+fi
+if [[ $requeue -eq 1 && $terminated -eq 0 && "${NFT_REQUEUE:-1}" != 0 && -n "$JOB_ID" ]]; then
     echo "[launch] requeueing job $JOB_ID (restart $((${SLURM_RESTART_COUNT:-0} + 1))); the trainer resumes from its last checkpoint"
     scontrol requeue "$JOB_ID"
 fi
