@@ -186,6 +186,21 @@ class ClusterConfig:
 
 
 @dataclass
+class PlanConfig:
+    """Assumptions of ``--dry-run``'s time and size estimate (megatron_nft/plan_run.py): printed
+    with the estimate; replace them with what a short run on your cluster measures."""
+    mfu: float = 0.35  # training model-FLOPs utilisation
+    gpu_tflops: float = 989.0  # dense bf16 peak per GPU (H100 SXM)
+    hbm_tb_s: float = 3.35  # GPU memory bandwidth (decode is bound by it)
+    decode_efficiency: float = 0.5  # fraction of hbm_tb_s a vLLM decode step reaches
+    mean_response_frac: float = 0.5  # mean answer length / rollout.max_response_tokens
+    refill_rounds: float = 1.5  # expected generation rounds per step (dynamic sampling)
+    fs_write_gb_s: float = 2.0  # shared-filesystem write bandwidth for checkpoints (whole job)
+    job_hours: float = 24.0  # the Slurm --time of one job (requeue count); nft-train --time sets it
+    strict_paths: bool = False  # a model.hf_path that is not a local directory is an error, not a warning
+
+
+@dataclass
 class RecipeConfig:
     seed: int = 1234
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -199,6 +214,7 @@ class RecipeConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -26,7 +26,7 @@ t = tokens of one micro-batch; h, f = hidden / FFN size; L_s = layers of that st
   ``in_flight · L_s · 2·t·h/s + 2·A``; selective/none keeps A for every layer:
   ``in_flight · L_s · A + A``. ``model.transformer_impl: local`` (unfused attention) adds the
   score matrices, 5 B x rows x heads/TP x seq² (= 5·t·seq·heads/TP) to A;
-* logits: the chunked vocab-parallel log-prob pass holds ~3 · 1024 tokens · V_pad/TP · 4 B;
+* logits: the chunked vocab-parallel log-prob pass holds ~3 · 4096 tokens (the policy's chunk) · V_pad/TP · 4 B;
 * vLLM (colocated on the same GPUs): while generating it may take
   ``rollout.gpu_memory_utilization`` x GPU memory. With ``rollout.sleep_mode: true`` it sleeps
   during training (level 1: weights go to pinned CPU memory, the KV cache is freed), leaving only
@@ -36,7 +36,10 @@ t = tokens of one micro-batch; h, f = hidden / FFN size; L_s = layers of that st
 
 peak = max(training phase, rollout phase); training = weights + grads + optimizer + activations
 + logits + vLLM (asleep) + slack; rollout = weights + grads + optimizer (Megatron state stays on the
-GPU) + vLLM share + sync buffers + slack. ``cluster.gpu_memory_gb`` is read as GiB (an "80 GB" H100
+GPU) + vLLM share + sync buffers + slack. The rollout phase has no activation or logit term because
+``WeightSync.push`` calls ``torch.cuda.empty_cache()`` before vLLM wakes (torch's cached blocks from
+training would otherwise stay reserved beside vLLM's share), and the rollouts (token ids, log-probs,
+grades -- no text) are all-gathered over a gloo CPU group, so they cost host RAM, not GPU memory. ``cluster.gpu_memory_gb`` is read as GiB (an "80 GB" H100
 exposes 79.6 GiB); FITS means peak <= that. It is an estimate: allocator fragmentation and
 NCCL buffers vary by ~10%.
 """
@@ -54,7 +57,7 @@ from megatron_nft.config import ConfigError, RecipeConfig, parse_layer_split
 GiB = 1024 ** 3
 SLACK_GIB = 3.0
 VLLM_ASLEEP_GIB = 1.0
-LOGPROB_CHUNK_TOKENS = 1024
+LOGPROB_CHUNK_TOKENS = 4096  # MegatronPolicy's chunk_tokens
 
 
 def _resolve(cfg: RecipeConfig) -> tuple[ModelArch, str]:
@@ -272,10 +275,16 @@ def dry_run(cfg: RecipeConfig, out=None) -> int:
         print(f"nft-train --dry-run: {e}", file=err)
         return 2
     errors, warns, f = check(cfg, arch)
+    from megatron_nft.plan_run import check_inputs, print_time_plan
+
+    in_errors, in_warns = check_inputs(cfg)  # model config, tokenizer, weight headers
+    warns = in_warns + warns
+    for e in in_errors:
+        print(f"nft-train --dry-run: {e}", file=err)
     c, par, tr, ro = cfg.cluster, cfg.parallel, cfg.train, cfg.rollout
     for w in warns:
         print(f"[plan] warning: {w}", file=err)
-    if errors:
+    if errors or in_errors:
         for e in errors:
             print(f"nft-train --dry-run: invalid layout: {e}", file=err)
         return 2
@@ -325,6 +334,7 @@ def dry_run(cfg: RecipeConfig, out=None) -> int:
         say(f"[memory] host RAM for sleeping vLLM weights: ~{m['host_offload_gib']:.0f} GiB per node")
     fits = m["peak"] <= c.gpu_memory_gb
     say(f"[memory] peak per GPU: {m['peak']:.1f} GiB of {c.gpu_memory_gb:g} GiB -> {'FITS' if fits else 'DOES NOT FIT'}")
+    print_time_plan(say, cfg, arch, f, m)
     if m["kv_tokens"] < f["seq_max"]:
         print(f"nft-train --dry-run: rollout.gpu_memory_utilization: {ro.gpu_memory_utilization} leaves vLLM no room "
               f"for one {f['seq_max']}-token sequence after its {m['vllm_weights']:.1f} GiB weights; raise it or "

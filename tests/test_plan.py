@@ -7,6 +7,8 @@ import re
 import tempfile
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from megatron_nft.config import load_config
 from megatron_nft.plan import KNOWN_ARCHS, resolve_arch
@@ -142,6 +144,28 @@ def test_cluster_recipes_dry_run(capsys, recipe):
     assert peak(out)[2] == "FITS"
 
 
+@pytest.mark.parametrize("recipe", CLUSTER)
+def test_cluster_recipes_print_time_gpu_hours_and_checkpoint_size(capsys, recipe):
+    """Time per step by phase, the run's wall time and GPU-hours, checkpoint size x keep and the
+    signal lead; checked against arithmetic on the printed numbers and the recipe."""
+    rc, out, err = dry(capsys, recipe)
+    assert rc == 0, err
+    cfg = load_config(recipe)
+    world = cfg.cluster.nodes * cfg.cluster.gpus_per_node
+    assert re.search(r"\[time\] per rollout step ~[0-9.]+ (s|min|h): generation .* tokens/s per engine\), "
+                     r"train \+ old log-probs", out), out
+    m = re.search(r"\[time\] (\d+) steps: ~([0-9.]+) h wall, ~([0-9,]+) GPU-hours; ~(\d+) requeue", out)
+    assert m and int(m.group(1)) == cfg.train.max_steps
+    hours, gpu_h = float(m.group(2)), float(m.group(3).replace(",", ""))
+    assert gpu_h == pytest.approx(hours * world, rel=0.01, abs=world * 0.05)
+    assert int(m.group(4)) == max(0, -(-hours // (cfg.plan.job_hours - 0.25)) - 1)
+    params = float(re.search(r"\[plan\] parameters ([0-9.]+) B", out).group(1)) * 1e9
+    d = re.search(r"\[disk\] checkpoint ([0-9.]+) GiB x keep (\d+) = ([0-9.]+) GiB", out)
+    assert float(d.group(1)) == pytest.approx(params * 14 / 2 ** 30, rel=0.01)  # bf16 + fp32 main + 2 moments
+    assert int(d.group(2)) == cfg.checkpoint.keep
+    assert re.search(r"#SBATCH --signal=B:USR1@\d+; --cpus-per-task=\d+ --mem=\d+G", out)
+
+
 @pytest.mark.parametrize("recipe", CLUSTER[:1])
 def test_dry_run_names_missing_data_paths(capsys, tmp_path, recipe):
     rc, out, err = dry(capsys, recipe, f"data.train={tmp_path / 'none.jsonl'}", f"data.eval={tmp_path / 'ev'}")
@@ -199,6 +223,13 @@ def test_arch_from_local_hf_dir(tmp_path, capsys):
     d = tmp_path / "my-model"
     d.mkdir()
     (d / "config.json").write_text(json.dumps(cfg))
+    rc, _, err = dry(capsys, R7, f"model.hf_path={d}")  # the dry run reads the tokenizer and weight headers too
+    assert rc == 2 and "has no tokenizer" in err and "has no *.safetensors weights" in err
+    (d / "tokenizer_config.json").write_text("{}")
+    (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+    rc, _, err = dry(capsys, R7, f"model.hf_path={d}")
+    assert rc == 2 and "model.safetensors is not a readable safetensors file" in err
+    save_file({"w": torch.zeros(2)}, str(d / "model.safetensors"))
     rc, out, err = dry(capsys, R7, f"model.hf_path={d}")  # TP 2 divides 6 heads / 2 kv heads
     assert rc == 0, err
     assert "6 layers, hidden 256" in out and str(d / "config.json") in out
@@ -209,6 +240,17 @@ def test_arch_from_local_hf_dir(tmp_path, capsys):
 def test_unknown_model_names_hf_path(capsys):
     rc, _, err = dry(capsys, R7, "model.hf_path=org/Some-Unknown-Model")
     assert rc != 0 and "model.hf_path" in err
+
+
+def test_missing_model_path_names_it(capsys):
+    """A local path that does not exist is an error naming it, even with a known basename; a
+    hub-style name of the built-in table is a warning unless plan.strict_paths."""
+    rc, _, err = dry(capsys, R32, "model.hf_path=/nonexistent/Qwen2.5-32B")
+    assert rc == 2 and "'/nonexistent/Qwen2.5-32B' is not a local directory" in err
+    rc, out, err = dry(capsys, R32)
+    assert rc == 0 and "warning: model.hf_path: 'Qwen/Qwen2.5-32B' is not a local directory" in err
+    rc, _, err = dry(capsys, R32, "plan.strict_paths=true")
+    assert rc == 2 and "'Qwen/Qwen2.5-32B' is not a local directory" in err
 
 
 def test_builtin_table_by_basename():
