@@ -269,21 +269,25 @@ def _plain_equal(p: Node, g: Node, backend: Backend | None) -> Tri:
         return False
     if len(pt) == 1 and len(gt) == 1 and pt.isalpha() and gt.isalpha():
         return pt.lower() == gt.lower()
+    if (pn is not None and len(gt) == 1 and gt.isalpha()) or (gn is not None and len(pt) == 1 and pt.isalpha()):
+        return False  # a number is never a letter (a choice "B", a free symbol "x")
     if backend is None:
         return None if p.pct or g.pct else _values_differ(pt, gt)
     return backend.atom(pt, gt, p.pct, g.pct)
 
 
 _REFUTE_REL = 1e-15  # equal expressions agree to ~1e-45 at 50 digits; between: cancellation
+_DECIMAL_REFUTE_REL = 0.05
 
 
 def _values_differ(pt: str, gt: str) -> Tri:
     """Parent-side refutation without sympy: False when both sides are in the fast parser's
     subset and their values (50 digits, the same probe value for each symbol) differ;
-    otherwise None (the worker decides). Decimals are left to the rounding rules."""
-    if "." in pt or "." in gt:
-        return None
+    otherwise None (the worker decides). With a decimal on either side only a difference of
+    more than 5% refutes (no rounding rule accepts that much)."""
     from .fastparse import Unsupported, fast_values
+
+    rel = _DECIMAL_REFUTE_REL if "." in pt or "." in gt else _REFUTE_REL
 
     values: dict = {}
     try:
@@ -292,7 +296,7 @@ def _values_differ(pt: str, gt: str) -> Tri:
         finite = all(x == x and abs(x) != float("inf") for x in (a, b))
     except (Unsupported, ArithmeticError, ValueError, TypeError):
         return None
-    return False if finite and diff > _REFUTE_REL * scale else None
+    return False if finite and diff > rel * scale else None
 
 
 def _ordered(ps: list[Node], gs: list[Node], backend: Backend | None) -> Tri:
