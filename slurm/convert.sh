@@ -10,7 +10,10 @@
 # loads at any TP/PP). Arguments go to `python -m megatron_nft.checkpoint.convert`:
 #
 #   sbatch slurm/convert.sh hf-to-mcore --hf /models/Qwen2.5-32B --out /ckpt/qwen2.5-32b-mcore --tp 8 --pp 2
-#   sbatch slurm/convert.sh mcore-to-hf --mcore outputs/nft_qwen2.5_32b/checkpoints/latest --out /models/nft-32b
+#   sbatch slurm/convert.sh mcore-to-hf --mcore outputs/nft_qwen2.5_32b --out /models/nft-32b
+#
+# --mcore takes a run directory (output.dir: its checkpoints/latest), a step directory
+# (outputs/nft_qwen2.5_32b/checkpoints/step_00000100) or a converted checkpoint.
 #
 # NPROC_PER_NODE=8 saves from a TP x PP layout under torchrun instead (multiple of tp*pp).
 # Partition/account: add `#SBATCH --partition=...` / `--account=...` or pass -p/-A to sbatch.

@@ -8,7 +8,9 @@
 #SBATCH --output=logs/%x-%j.out
 #SBATCH --open-mode=append
 #SBATCH --requeue
-#SBATCH --signal=B:USR1@300
+#SBATCH --signal=B:USR1@2580
+#SBATCH --cpus-per-task=32
+#SBATCH --mem=224G
 # NFT on Qwen2.5-32B, 16 nodes x 8 GPUs (recipes/nft_qwen2.5_32b.yaml). Submit from the repo root
 # on shared storage (mkdir -p logs once):
 #
@@ -18,8 +20,9 @@
 #
 # Adapt to your cluster: add `#SBATCH --partition=<gpu partition>` and `#SBATCH --account=<account>`
 # (or `sbatch -p ... -A ...`); CONTAINER_IMAGE=<image.sqsh> runs every node in a pyxis container;
-# NCCL_SOCKET_IFNAME / NCCL_IB_HCA are passed through. --time may be shorter than the run: 5 min
-# before the limit the job checkpoints, requeues itself and resumes (see slurm/launch.sh).
+# NCCL_SOCKET_IFNAME / NCCL_IB_HCA are passed through. --time may be shorter than the run: before
+# the limit (squeue's end time) the job checkpoints, requeues itself and resumes (see slurm/launch.sh).
+# The signal lead, --cpus-per-task and --mem are what `--dry-run` prints in its [slurm] line.
 # Check the layout first: python -m megatron_nft.train --recipe recipes/nft_qwen2.5_32b.yaml --dry-run
 set -euo pipefail
 export NPROC_PER_NODE=${NPROC_PER_NODE:-8}

@@ -166,6 +166,18 @@ def test_cluster_recipes_print_time_gpu_hours_and_checkpoint_size(capsys, recipe
     assert re.search(r"#SBATCH --signal=B:USR1@\d+; --cpus-per-task=\d+ --mem=\d+G", out)
 
 
+@pytest.mark.parametrize("wrapper,recipe", [("nft_7b.sh", R7), ("nft_32b.sh", R32)])
+def test_slurm_wrappers_follow_the_plan(capsys, wrapper, recipe):
+    """The wrappers' signal lead covers what the plan says a step needs; --cpus-per-task and
+    --mem are the plan's."""
+    rc, out, err = dry(capsys, recipe)
+    assert rc == 0, err
+    lead, cpus, mem = re.search(r"signal lead >= (\d+) s .*--cpus-per-task=(\d+) --mem=(\d+G)", out).groups()
+    text = open(os.path.join(ROOT, "slurm", wrapper)).read()
+    assert int(re.search(r"#SBATCH --signal=B:USR1@(\d+)\n", text).group(1)) >= int(lead)
+    assert f"#SBATCH --cpus-per-task={cpus}\n" in text and f"#SBATCH --mem={mem}\n" in text
+
+
 @pytest.mark.parametrize("recipe", CLUSTER[:1])
 def test_dry_run_names_missing_data_paths(capsys, tmp_path, recipe):
     rc, out, err = dry(capsys, recipe, f"data.train={tmp_path / 'none.jsonl'}", f"data.eval={tmp_path / 'ev'}")

@@ -91,6 +91,8 @@ class WeightSync:
         self.engine.sleep()
 
     def push(self) -> None:
+        if torch.cuda.is_available():  # torch's cached blocks from training would sit beside vLLM's share
+            torch.cuda.empty_cache()
         self.engine.update_weights(self.export())  # wakes only the weights it writes
         self.engine.wake()  # then the KV cache
         self.pushes += 1
