@@ -76,11 +76,24 @@ def engine_slot(kind: str, vllm_tp: int = 1) -> EngineSlot:
     return EngineSlot(index=rank // per, count=max(world // per, 1), leader=rank % per == 0)
 
 
+_CPU_GROUP: list = []
+
+
+def _cpu_group():
+    """A gloo group over all ranks (made once, collectively, at the first gather): pickled
+    rollouts travel through host memory, not as GPU tensors over NCCL."""
+    if dist.get_backend() == "gloo":
+        return None  # the default group already is
+    if not _CPU_GROUP:
+        _CPU_GROUP.append(dist.new_group(backend="gloo"))
+    return _CPU_GROUP[0]
+
+
 def _all_gather(obj):
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return [obj]
     out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=_cpu_group())
     return out
 
 
