@@ -64,3 +64,7 @@ class UpdateGuard:
                              f"{med:.4g} (train.spike_factor={self.spike_factor}); check train.lr and the rewards")
             if math.isfinite(v):
                 values.append(v)
+
+
+class InputError(UserError, ValueError):
+    """A bad input file or row: the message names the file, line and key, and the fix."""

@@ -267,9 +267,12 @@ class Trainer:
         """Offline: the answer groups. Online: (tokenizer, train prompts, eval prompts)."""
         cfg = self.cfg
         if cfg.rollout.source is not None:
+            from megatron_nft.checkpoint.hf_io import model_dir_config
             from megatron_nft.rollout.sources import OfflineSource
 
-            src = OfflineSource(cfg, self.algo, cfg.rollout.source)
+            hf = model_dir_config(self.model_dir)[1]  # rows are checked against the model's vocab / positions
+            src = OfflineSource(cfg, self.algo, cfg.rollout.source, hf.get("vocab_size"),
+                                hf.get("max_position_embeddings"))
             log0(f"[nft] offline: {len(src.groups)} answer groups from {cfg.rollout.source}")
             return src
         from transformers import AutoTokenizer

@@ -13,9 +13,7 @@ Both sources have one interface, so the training loop has no online/offline bran
 """
 from __future__ import annotations
 
-import json
-import os
-from typing import Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 from megatron_nft.rollout.base import SamplingConfig
 from megatron_nft.rollout.collect import (EngineSlot, PromptStream, RolloutBatch, assign_advantages, collect_rollouts,
@@ -96,9 +94,9 @@ class OfflineSource:
     """Pre-generated answers: each step takes the next ``train.prompts_per_step`` groups of the
     file (in file order, cycling), keeps the informative ones and assigns advantages."""
 
-    def __init__(self, cfg, algo, path: str):
+    def __init__(self, cfg, algo, path: str, vocab: Optional[int] = None, max_positions: Optional[int] = None):
         self.cfg, self.algo = cfg, algo
-        self.groups = load_offline_groups(path)
+        self.groups = load_offline_groups(path, vocab, max_positions)
 
     def collect(self, step: int, poll=None) -> RolloutBatch:
         samples = [s for s in offline_samples(self.groups, step - 1, self.cfg.train.prompts_per_step)
@@ -123,24 +121,12 @@ class OfflineSource:
         pass
 
 
-def load_offline_groups(path: str) -> list[list[dict]]:
+def load_offline_groups(path: str, vocab: Optional[int] = None, max_positions: Optional[int] = None) -> list[list[dict]]:
     """``{"group", "prompt_ids", "response_ids", "reward"[, "rollout_logprobs"]}`` lines ->
-    groups (file order of first appearance)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"rollout.source: {path!r} not found")
-    groups: dict = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            for k in ("group", "prompt_ids", "response_ids", "reward"):
-                if k not in row:
-                    raise ValueError(f"{path}:{n}: missing key {k!r} (need group, prompt_ids, response_ids, reward)")
-            if not row["response_ids"]:
-                raise ValueError(f"{path}:{n}: empty response_ids")
-            groups.setdefault(row["group"], []).append(row)
-    return list(groups.values())
+    groups (file order of first appearance); every row checked (``offline_rows.py``)."""
+    from megatron_nft.rollout.offline_rows import read_offline_groups
+
+    return read_offline_groups(path, vocab, max_positions)
 
 
 def offline_samples(groups: list[list[dict]], step: int, prompts_per_step: int) -> list[Sample]:
