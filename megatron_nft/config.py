@@ -153,6 +153,9 @@ class EvalConfig:
     # registry (eval/benchmarks.py) or "all" (every registered benchmark whose file is there).
     benchmarks: str = "all"
     limit: Optional[int] = None  # first N problems of each benchmark; null = all
+    # benchmark grading: "ours" (eval/benchmarks.py grade: normalised last box / math verifier) or
+    # "reference" (eval/reference.py: the NFT reference's math_dapo strict box / math-verify call)
+    grader: Literal["ours", "reference"] = "ours"
 
 
 @dataclass

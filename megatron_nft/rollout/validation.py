@@ -7,8 +7,9 @@
 * a **directory of benchmark files** (e.g. ``data/eval`` holding ``aime24.jsonl`` ...): every
   benchmark of the registry (``megatron_nft/eval/benchmarks.py``) named by ``eval.benchmarks``
   (``all`` = every registered benchmark whose file is in the directory) is loaded with the
-  registry's loader and graded with the registry's grader (last-box exact match for AIME/AMC,
-  the math verifier with OlympiadBench's multi-answer rules elsewhere), ``eval.n`` samples per
+  registry's loader and graded with the registry's grader (``eval.grader: ours``: last-box exact
+  match for AIME/AMC, the math verifier with OlympiadBench's multi-answer rules elsewhere; or
+  ``reference``: the NFT reference's own grading, ``eval/reference.py``), ``eval.n`` samples per
   problem, the first ``eval.limit`` problems of each (null = all), every ``eval.interval``
   steps. Metrics: ``eval/<benchmark>/accuracy`` (avg@n) per benchmark and ``eval/accuracy`` =
   their unweighted mean (Table 1's "Avg" column).
@@ -88,19 +89,22 @@ class BenchmarkEval:
                 self.problems.append(p)
                 self.prompt_ids.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
         self.names = [name for name, _ in benchmarks]
+        self.grader = cfg.eval.grader
 
     def __len__(self) -> int:
         return len(self.problems)
 
     def evaluate(self, engine, verifier, sampling, slot) -> dict:
         from megatron_nft.eval.benchmarks import grade
+        from megatron_nft.eval.reference import grade_reference
         from megatron_nft.rollout.collect import _all_gather
 
         mine = list(range(slot.index, len(self.problems), slot.count))
         local = {}
         if mine:
             outs = engine.generate([self.prompt_ids[i] for i in mine], sampling)
-            flags = grade(verifier, [self.problems[i] for i in mine], [[c.text for c in cs] for cs in outs])
+            probs, texts = [self.problems[i] for i in mine], [[c.text for c in cs] for cs in outs]
+            flags = grade_reference(probs, texts)[0] if self.grader == "reference" else grade(verifier, probs, texts)
             local = dict(zip(mine, flags))
         merged: dict = {}
         for part in _all_gather(local if slot.leader else {}):
