@@ -194,6 +194,7 @@ def test_cluster_recipes_train_like_the_reference():
         assert c.rollout.reward == "strict_box" and c.data.system_prompt == ""
         assert c.data.train.endswith("-boxed.jsonl") and c.data.eval == "data/eval"
         assert c.rollout.vllm_kwargs.get("enable_prefix_caching") is True
+        assert (c.eval.interval, c.eval.benchmarks, c.eval.grader) == (2, "all", "reference")
     t = load_config(os.path.join(R, "tiny_cpu.yaml"))
     assert t.rollout.reward == "math_verifier" and t.data.eval == "synthetic"
     assert load_config(R7, ["rollout.vllm_kwargs.max_num_seqs=64"]).rollout.vllm_kwargs["max_num_seqs"] == 64
