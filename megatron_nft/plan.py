@@ -334,7 +334,7 @@ def dry_run(cfg: RecipeConfig, out=None) -> int:
         say(f"[memory] host RAM for sleeping vLLM weights: ~{m['host_offload_gib']:.0f} GiB per node")
     fits = m["peak"] <= c.gpu_memory_gb
     say(f"[memory] peak per GPU: {m['peak']:.1f} GiB of {c.gpu_memory_gb:g} GiB -> {'FITS' if fits else 'DOES NOT FIT'}")
-    print_time_plan(say, cfg, arch, f, m)
+    print_time_plan(say, cfg, arch, f, dict(m, ckpt_gib=checkpoint_gib(cfg, arch)))
     if m["kv_tokens"] < f["seq_max"]:
         print(f"nft-train --dry-run: rollout.gpu_memory_utilization: {ro.gpu_memory_utilization} leaves vLLM no room "
               f"for one {f['seq_max']}-token sequence after its {m['vllm_weights']:.1f} GiB weights; raise it or "

@@ -115,9 +115,7 @@ def time_plan(cfg: RecipeConfig, arch, f: dict, m: dict) -> dict:
     problems = 0 if cfg.data.eval is None else (cfg.data.eval_size or EVAL_PROBLEMS)
     t_eval = _gen_seconds(cfg, arch, m, problems * cfg.eval.n / engines,
                           cfg.eval.max_response_tokens or ro.max_response_tokens)[0] if problems else 0.0
-    from megatron_nft.plan import checkpoint_gib
-
-    ckpt = checkpoint_gib(cfg, arch)
+    ckpt = m["ckpt_gib"]  # plan.checkpoint_gib
     t = {"rollout": pl.refill_rounds * t_round, "train": t_train, "sync": 2 * P / (SYNC_GB_S * 1e9),
          "eval": t_eval / eval_every, "round": t_round, "eval_once": t_eval,
          "gen_tokens_per_s": tokens / max(t_round, 1e-9), "ckpt_gib": ckpt, "hf_gib": 2 * P / GiB,
