@@ -68,3 +68,14 @@ class UpdateGuard:
 
 class InputError(UserError, ValueError):
     """A bad input file or row: the message names the file, line and key, and the fix."""
+
+
+def utf8_lines(path: str):
+    """``(line number, text)`` of a UTF-8 text file; a non-UTF-8 line is an :class:`InputError` naming it."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start}): "
+                                 "write the file as UTF-8 JSON lines") from None

@@ -23,7 +23,7 @@ from megatron_nft.runtime import (EXIT, GO, StepAbandoned, StopSignal, Timer, al
                                   print_summary, progress_line)
 from megatron_nft.resume import load_resumed, resume_checkpoint, write_start_recipe
 from megatron_nft.runlock import hold_run_dir
-from megatron_nft.stability import UpdateGuard, UserError
+from megatron_nft.stability import InputError, UpdateGuard, UserError
 from megatron_nft.types import Sample
 
 
@@ -287,6 +287,9 @@ class Trainer:
         common = dict(system_prompt=d.system_prompt or None, max_prompt_tokens=cfg.rollout.max_prompt_tokens,
                       prompt_key=d.prompt_key, answer_key=d.answer_key, synthetic_kwargs=tiny_problem_kwargs(cfg))
         train = load_prompt_dataset(d.train, tokenizer, split="train", seed=cfg.seed, size=d.train_size, **common)
+        if not train:  # before the model is built: nothing would train
+            raise InputError(f"data.train: no usable prompt in {train.summary()}; check the file, data.prompt_key / "
+                             "data.answer_key, or raise rollout.max_prompt_tokens")
         evals = load_eval_set(cfg, tokenizer, **common)  # synthetic / a file / a benchmark directory
         log0(f"[nft] {len(train)} training prompts, {len(evals)} held-out eval prompts")
         return train, evals

@@ -70,3 +70,21 @@ def test_nft_train_one_line_before_the_model(tmp_path):
     assert lines == [f"nft-train: error: {data}:2: reward = 'yes'; accepted rewards are the verifier's outcomes "
                      "0 and 1 (true/false, 0.0/1.0 too): grade the answers to 0/1 (the algorithm shapes them)"], p.stderr
     assert "Traceback" not in p.stderr
+
+
+def _train_prompts(tmp_path, data):
+    return subprocess.run([PYTHON, "-m", "megatron_nft.train", "--recipe", str(REPO / "recipes" / "tiny_cpu.yaml"),
+                           "--set", f"data.train={data}", "--set", f"output.dir={tmp_path / 'run'}"],
+                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_empty_and_non_utf8_prompt_files_refused_before_the_model(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    p = _train_prompts(tmp_path, empty)
+    assert p.returncode == 2 and f"data.train: no usable prompt in {empty}: kept 0 of 0 rows" in p.stderr, p.stderr
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"prompt": "1+1", "answer": "2"}\n{"prompt": "caf\xe9", "answer": "3"}\n')
+    p = _train_prompts(tmp_path, bad)
+    assert p.returncode == 2 and f"{bad}:2: not UTF-8" in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -15,7 +15,7 @@ import math
 import os
 from typing import Optional
 
-from megatron_nft.stability import InputError
+from megatron_nft.stability import InputError, utf8_lines
 
 REQUIRED = ("group", "prompt_ids", "response_ids", "reward")
 
@@ -66,22 +66,12 @@ def check_row(row, where: str, vocab: Optional[int] = None, max_positions: Optio
     return row
 
 
-def _lines(path: str):
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                yield n, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start}): "
-                                 "write the file as UTF-8 JSON lines") from None
-
-
 def read_offline_groups(path: str, vocab: Optional[int] = None, max_positions: Optional[int] = None) -> list:
     """-> groups of checked rows (file order of first appearance)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"rollout.source: {path!r} not found")
     groups: dict = {}
-    for n, line in _lines(path):
+    for n, line in utf8_lines(path):
         if not line.strip():
             continue
         try:
