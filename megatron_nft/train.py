@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-env", action="store_true",
                    help="print the stack's versions and check this node (CUDA, GPUs, Transformer Engine, vLLM, "
                         "the recipe's model/data paths, disk); exit 2 naming each problem")
+    p.add_argument("--time", metavar="LIMIT",
+                   help="with --dry-run: one job's Slurm time limit ([D-]HH:MM[:SS] or minutes), for the requeue "
+                        "count (sets plan.job_hours)")
     p.add_argument("--cpu", action="store_true",
                    help="with --check-env: the run is meant for CPU; skip the CUDA / GPU / extension checks")
     return p
@@ -39,7 +42,8 @@ def main(argv=None) -> int:
     if args.recipe is None:
         parser.error("--recipe is required (except with --check-env)")
     try:
-        cfg = load_config(args.recipe, args.overrides)
+        limit = [f"plan.job_hours={slurm_hours(args.time)}"] if args.time else []
+        cfg = load_config(args.recipe, args.overrides + limit)
         if not args.dry_run:  # FP8 / Transformer Engine problems fail here, before vLLM or a model starts
             from megatron_nft.megatron.policy import resolve_transformer_impl
             from megatron_nft.megatron.precision import check_precision_supported
@@ -75,6 +79,19 @@ def main(argv=None) -> int:
 
         destroy()
     return 0
+
+
+def slurm_hours(limit: str) -> float:
+    """Slurm's --time in hours: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``."""
+    days, _, rest = limit.rpartition("-")
+    parts = [float(x) for x in rest.split(":")]
+    if days:
+        h, m, sec = (parts + [0.0, 0.0])[:3]
+    elif len(parts) == 3:
+        h, m, sec = parts
+    else:
+        h, m, sec = 0.0, parts[0], (parts[1] if len(parts) > 1 else 0.0)
+    return float(days or 0) * 24 + h + m / 60 + sec / 3600
 
 
 def _check_env(args) -> int:

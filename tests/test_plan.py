@@ -166,6 +166,20 @@ def test_cluster_recipes_print_time_gpu_hours_and_checkpoint_size(capsys, recipe
     assert re.search(r"#SBATCH --signal=B:USR1@\d+; --cpus-per-task=\d+ --mem=\d+G", out)
 
 
+def test_time_flag_sets_the_requeue_count(capsys):
+    from megatron_nft.train import slurm_hours
+
+    assert [slurm_hours(t) for t in ("90", "30:00", "24:00:00", "2-12", "1-00:30")] == [1.5, 0.5, 24.0, 60.0, 24.5]
+    rc, out, err = dry(capsys, R7, "plan.job_hours=1000")
+    assert rc == 0 and "~0 requeue(s) at --time 1000 h" in out
+    argv = ["--recipe", R7, "--dry-run", "--time", "2-00:00:00", "--set", f"data.train={_DATA[0]}",
+            "--set", f"data.eval={_DATA[1]}"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    hours = float(re.search(r"~([0-9.]+) h wall", out).group(1))
+    assert f"~{max(0, -(-hours // (48 - 0.25)) - 1):.0f} requeue(s) at --time 48 h" in out
+
+
 @pytest.mark.parametrize("wrapper,recipe", [("nft_7b.sh", R7), ("nft_32b.sh", R32)])
 def test_slurm_wrappers_follow_the_plan(capsys, wrapper, recipe):
     """The wrappers' signal lead covers what the plan says a step needs; --cpus-per-task and
