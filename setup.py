@@ -33,6 +33,7 @@ setup(
         # equal); Transformer Engine is built separately (requirements-gpu-te.txt, --no-build-isolation).
         "gpu": ["vllm==0.33.0", "torch==2.14.0", "megatron-core==0.19.2", "transformers==5.20.2"],
         "test": ["pytest"],
+        "wandb": ["wandb"],  # output.wandb: true (offline runs under output.dir/wandb)
     },
     entry_points={
         "console_scripts": [

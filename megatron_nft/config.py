@@ -173,6 +173,7 @@ class CheckpointConfig:
 class OutputConfig:
     dir: str = "outputs/run"  # "auto" = outputs/<recipe file stem>
     tensorboard: bool = True
+    wandb: bool = False  # also log to wandb, offline, under output.dir/wandb (pip install megatron-nft[wandb])
 
 
 @dataclass
@@ -439,6 +440,12 @@ def validate(cfg: RecipeConfig) -> RecipeConfig:
     need(cfg.rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
     need(cfg.rollout.gen_batch_multiplier >= 1, "rollout.gen_batch_multiplier", "must be >= 1")
     need(cfg.checkpoint.interval >= 0, "checkpoint.interval", "must be >= 0 (0 = only at the end)")
+    need(cfg.checkpoint.interval_minutes >= 0, "checkpoint.interval_minutes", "must be >= 0 (0 = off)")
+    need(cfg.checkpoint.export_hf_interval >= 0, "checkpoint.export_hf_interval", "must be >= 0 (0 = only at the end)")
+    need(cfg.train.time_limit_minutes is None or cfg.train.time_limit_minutes > 0, "train.time_limit_minutes",
+         "must be > 0 or null (null = the job's own end time only)")
+    need(cfg.train.stop_margin_s >= 0 and cfg.train.sigterm_grace_s >= 0, "train.stop_margin_s / train.sigterm_grace_s",
+         "must be >= 0 seconds")
     need(cfg.eval.interval >= 0, "eval.interval", "must be >= 0 (0 = only at start and end)")
     need(cfg.algorithm.tis_cap is None or cfg.algorithm.tis_cap > 0, "algorithm.tis_cap", "must be > 0 or null")
     return cfg

@@ -18,11 +18,11 @@ def _is_number(v: Any) -> bool:
 
 class MetricsLogger:
     def __init__(self, out_dir: str, *, enabled: bool = True, tensorboard: bool = True,
-                 resume_step: int = 0):
+                 resume_step: int = 0, wandb: bool = False):
         self.enabled = enabled
         self.out_dir = out_dir
         self.path = os.path.join(out_dir, "metrics.jsonl")
-        self._tb = None
+        self._tb = self._wandb = None
         if not enabled:
             return
         os.makedirs(out_dir, exist_ok=True)
@@ -31,6 +31,8 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=resume_step + 1 if resume_step else 0)
+        if wandb:
+            self._wandb = _wandb_offline(out_dir)
 
     def _truncate_after(self, step: int) -> None:
         """Keep rows with step <= ``step`` (rows of a crashed future are dropped on resume); a
@@ -68,11 +70,27 @@ class MetricsLogger:
 
                     self._tb.add_histogram(k, np.asarray(values, dtype=np.float64), step)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log({k: float(v) for k, v in metrics.items() if _is_number(v)}, step=int(step))
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _wandb_offline(out_dir: str):
+    """An offline wandb run in ``out_dir/wandb`` (``wandb sync`` uploads it later)."""
+    try:
+        import wandb
+    except ImportError as e:
+        raise ImportError("output.wandb: true needs wandb: pip install 'megatron-nft[wandb]' "
+                          "(or set output.wandb: false)") from e
+    os.makedirs(os.path.join(out_dir, "wandb"), exist_ok=True)
+    return wandb.init(mode="offline", dir=out_dir, project="megatron-nft", name=os.path.basename(out_dir.rstrip("/")))
 
 
 def read_metrics(path: str) -> list[dict]:

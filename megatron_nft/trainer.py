@@ -19,6 +19,7 @@ from megatron_nft.algorithms import get_algorithm
 from megatron_nft.config import RecipeConfig
 from megatron_nft.data.batching import split_evenly
 from megatron_nft.metrics import MetricsLogger, plot_metrics
+from megatron_nft.monitoring import SampleLog, eta_text, memory_metrics, quiet_nonzero_ranks
 from megatron_nft.runtime import (EXIT, GO, StepAbandoned, StopSignal, Timer, all_max, job_end_time, log0,
                                   print_summary, progress_line)
 from megatron_nft.resume import load_resumed, resume_checkpoint, write_start_recipe
@@ -66,13 +67,14 @@ class Trainer:
                  f"(in {self.stop.left_s() / 60:.1f} min): checkpoint and exit before it")
         self.guard = UpdateGuard(cfg.train.max_nonfinite_steps, cfg.train.spike_factor, log=log0)
         self.info = init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.seed)
+        quiet_nonzero_ranks(self.info.rank)  # before vLLM is imported
         self.out = cfg.output.dir
         self.lock = hold_run_dir(self.out, self.info.rank)  # one run per output.dir, before anything is written
         self.resume_from = resume_checkpoint(cfg, self.out, log0)  # same experiment? (before the model)
         self._write_recipe()
         log0(f"[nft] world {self.info.world_size} = tp {self.info.tp} x pp {self.info.pp} x dp {self.info.dp} "
              f"on {self.info.device}; algorithm {cfg.algorithm.name}; output {self.out}")
-        self.source = None
+        self.source, self.tokenizer, self.gold, self.run_s = None, None, {}, 0.0
         with self.timer("warm_start"):
             self.model_dir, hf_config = resolve_model(cfg)
         data = self._load_data()  # before the model: bad input fails fast
@@ -88,6 +90,8 @@ class Trainer:
         self.pending_eval, self.last_save_t = bool(state.get("pending_eval")), time.time()
         self.eval_history: dict = state.get("eval_history", {})
         self.metrics = MetricsLogger(self.out, enabled=self.info.rank == 0, tensorboard=cfg.output.tensorboard,
+                                     resume_step=self.start_step, wandb=cfg.output.wandb)
+        self.samples_log = SampleLog(self.out, self.tokenizer, self.gold, enabled=self.info.rank == 0,
                                      resume_step=self.start_step)
         self.source = self._make_source(data)
         self.source.load_state(state)
@@ -125,13 +129,14 @@ class Trainer:
             what = self.stop.poll() if eval_due else GO
             if eval_due and what == GO:
                 m.update(self._evaluate(step))
-            self._log_step(step, m, batch.histograms, time.time() - t_step)
+            self._log_step(step, m, batch, time.time() - t_step)
             self.guard.stop_if_exhausted(step)  # K non-finite updates in a row: stop, nothing saved
             if what != GO:  # the step is done, its eval is not: the resumed run evaluates first
                 return self._stop_exit(step, what, pending_eval=True)
             self.stop.step_s = max(self.stop.step_s, time.time() - t_step)
             if step == cfg.train.max_steps or self._checkpoint_due(step):
                 self._save(step)
+            self._export_hf_due(step)
         return self._finish(step)
 
     # ------------------------------------------------------------------ phases
@@ -165,14 +170,20 @@ class Trainer:
             if log:
                 self.metrics.log(step, m)
                 log0(f"[nft] step {step}  eval/accuracy {m['eval/accuracy']:.3f}")
+            if self.info.rank == 0 and step > 0:  # refreshed at every eval (metrics.jsonl so far)
+                plot_metrics(os.path.join(self.out, "metrics.jsonl"), os.path.join(self.out, "progress.png"))
         return m
 
-    def _log_step(self, step: int, m: dict, histograms: dict, seconds: float) -> None:
+    def _log_step(self, step: int, m: dict, batch, seconds: float) -> None:
         m.update({f"time/{k}": v for k, v in self.timer.t.items()})
         m["time/step"] = seconds
         m["perf/tokens_per_s"] = m.get("train/tokens", 0) / max(self.timer.t.get("train", 1e-9), 1e-9)
-        self.metrics.log(step, m, histograms=histograms)
-        log0(progress_line(step, self.cfg.train.max_steps, m))
+        m.update(memory_metrics())
+        self.metrics.log(step, m, histograms=batch.histograms)
+        self.samples_log.write(step, batch.samples)
+        self.run_s += seconds
+        eta = eta_text(step, self.start_step, self.cfg.train.max_steps, time.time() - self.t_start, self.run_s)
+        log0(progress_line(step, self.cfg.train.max_steps, m) + "  " + eta)
 
     def _save(self, step: int, **extra) -> None:
         from megatron_nft.megatron.checkpointing import save_checkpoint
@@ -187,6 +198,14 @@ class Trainer:
         save_checkpoint(self.policy, self.out, step, state, keep=self.cfg.checkpoint.keep, model_dir=self.model_dir)
         self.saved_step, self.last_save_t = step, time.time()
         self.stop.save_s = max(self.stop.save_s or 0.0, self.last_save_t - t0)
+
+    def _export_hf_due(self, step: int) -> None:
+        """``checkpoint.export_hf_interval``: output.dir/hf holds this step's weights (the final
+        export, at the end, replaces it)."""
+        every = self.cfg.checkpoint.export_hf_interval
+        if every and step % every == 0 and step < self.cfg.train.max_steps:
+            self.policy.export_hf_dir(os.path.join(self.out, "hf"), self.model_dir)
+            log0(f"[nft] step {step}: exported {os.path.join(self.out, 'hf')}")
 
     def _checkpoint_due(self, step: int) -> bool:
         c = self.cfg.checkpoint
@@ -282,7 +301,7 @@ class Trainer:
         from megatron_nft.data.synthetic import tiny_problem_kwargs
         from megatron_nft.rollout.validation import load_eval_set
 
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(self.model_dir))
+        tokenizer = self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(self.model_dir))
         d = cfg.data
         common = dict(system_prompt=d.system_prompt or None, max_prompt_tokens=cfg.rollout.max_prompt_tokens,
                       prompt_key=d.prompt_key, answer_key=d.answer_key, synthetic_kwargs=tiny_problem_kwargs(cfg))
@@ -292,6 +311,7 @@ class Trainer:
                              "data.answer_key, or raise rollout.max_prompt_tokens")
         evals = load_eval_set(cfg, tokenizer, **common)  # synthetic / a file / a benchmark directory
         log0(f"[nft] {len(train)} training prompts, {len(evals)} held-out eval prompts")
+        self.gold = {p.uid: p.answer for p in train}  # for samples.jsonl
         return train, evals
 
     def _make_source(self, data):

@@ -9,6 +9,7 @@ all-gathered so every rank holds the same batch (ranks then pick their own DP sh
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -144,7 +145,9 @@ def collect_rollouts(engine, verifier, stream: PromptStream, *, prompts_per_step
         prompts = stream.take(gen_size if filter_groups else prompts_per_step)
         sp = SamplingConfig(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                             max_tokens=sampling.max_tokens, seed=step_seed * 100 + rounds * 10007 + slot.index)
+        t0 = time.time()
         graded = generate_and_grade(engine, verifier, prompts, sp, slot, reward_fn)
+        stats.gen_s += time.time() - t0
         rounds += 1
         for p, answers in zip(prompts, graded):
             r_hat = stats.add(answers)
@@ -168,6 +171,7 @@ class _RoundStats:
     n_correct: int = 0
     truncated: int = 0
     lengths: list = field(default_factory=list)
+    gen_s: float = 0.0  # wall time of the generate + grade rounds
 
     def add(self, answers: list[dict]) -> float:
         r_hat = sum(a["correct"] for a in answers) / len(answers)
@@ -185,7 +189,9 @@ class _RoundStats:
                 "rollout/resp_len_mean": sum(self.lengths) / max(len(self.lengths), 1),
                 "rollout/resp_len_max": max(self.lengths) if self.lengths else 0,
                 "rollout/clipped_frac": self.truncated / n,
-                "rollout/generated": self.n_gen}
+                "rollout/generated": self.n_gen,
+                # response tokens of all engines per second of rollout rounds (generation + grading)
+                "rollout/gen_tokens_per_s": sum(self.lengths) / max(self.gen_s, 1e-9)}
 
 
 def assign_advantages(samples: Sequence[Sample], advantages: Callable) -> None:
