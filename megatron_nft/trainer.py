@@ -187,6 +187,7 @@ class Trainer:
 
     def _save(self, step: int, **extra) -> None:
         from megatron_nft.megatron.checkpointing import save_checkpoint
+        from megatron_nft.megatron.ckpt_space import save_with_space_check
 
         t0 = time.time()
         state = {"eval_history": self.eval_history, **self.source.state(), **extra,
@@ -195,7 +196,8 @@ class Trainer:
             log0(f"[nft] WARNING step {step}: weights not finite or the last update was non-finite; "
                  "no checkpoint written (the newest one is kept)")
             return
-        save_checkpoint(self.policy, self.out, step, state, keep=self.cfg.checkpoint.keep, model_dir=self.model_dir)
+        save_with_space_check(self.policy, self.out, lambda: save_checkpoint(
+            self.policy, self.out, step, state, keep=self.cfg.checkpoint.keep, model_dir=self.model_dir))
         self.saved_step, self.last_save_t = step, time.time()
         self.stop.save_s = max(self.stop.save_s or 0.0, self.last_save_t - t0)
 

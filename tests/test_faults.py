@@ -107,3 +107,44 @@ def test_refuses_settings_that_train_nothing(tmp_path, key, value, fix):
                        cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and key in p.stderr and fix in p.stderr, p.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real size-limited filesystem (tmpfs; needs root, else the test is skipped)."""
+    mounts = []
+
+    def mount(mb: float):
+        d = tmp_path / f"disk{len(mounts)}"
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(mb * 1024)}k", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounts.append(d)
+        return d
+
+    yield mount
+    for d in mounts:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_full_disk_stops_with_no_space_left_keeping_the_newest_checkpoint(tmp_path, tiny_hf, small_disk):
+    """8 MiB disk, ~3.7 MiB per checkpoint: step 1 is written, step 2 does not fit; the run stops
+    before writing it, naming the path and the space needed; step 1 and metrics.jsonl survive."""
+    out = small_disk(8) / "run"
+    r = recipe(tmp_path, tiny_hf, write_offline(tmp_path / "a.jsonl"), out=out, max_steps=3)
+    p = train(r)
+    assert p.returncode == 2, p.output
+    assert "no space left" in p.stderr and str(out / "checkpoints") in p.stderr and "MiB" in p.stderr, p.output
+    assert ckpt_steps(out) == [1] and [row["step"] for row in metrics(out)] == [1, 2]
+
+
+def test_rotation_makes_room_before_writing(tmp_path, tiny_hf, small_disk):
+    """10.5 MiB disk, keep=2: a third checkpoint only fits once the oldest is gone; it is removed
+    first (never the newest), so the run finishes instead of crashing mid-write."""
+    out = small_disk(10.5) / "run"
+    r = recipe(tmp_path, tiny_hf, write_offline(tmp_path / "a.jsonl"), out=out, max_steps=3)
+    p = train(r, "checkpoint.export_hf=false")
+    assert p.returncode == 0, p.output
+    assert ckpt_steps(out) == [2, 3]
