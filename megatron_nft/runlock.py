@@ -8,6 +8,7 @@ directory back. The global rank 0 takes the lock; every rank learns the outcome
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -71,6 +72,20 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         """Take the lock or raise :class:`RunDirBusy` naming the holder and the fix."""
+        try:
+            return self._acquire()
+        except PermissionError as e:
+            raise UserError(self._unwritable(e)) from None
+        except OSError as e:
+            if e.errno in (errno.EROFS, errno.EACCES, errno.ENOSPC):
+                raise UserError(self._unwritable(e)) from None
+            raise
+
+    def _unwritable(self, e: OSError) -> str:
+        return (f"output.dir {os.path.dirname(self.path)} is not writable ({e.strerror}: {e.filename}): "
+                "choose a writable output.dir (--set output.dir=...) or fix its permissions / free space")
+
+    def _acquire(self) -> "RunLock":
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         for _ in range(3):
             try:

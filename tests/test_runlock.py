@@ -11,6 +11,7 @@ import pytest
 
 from _dist_helpers import PYTHON, REPO, env
 from megatron_nft.runlock import LOCK_NAME, RunDirBusy, RunLock
+from megatron_nft.stability import UserError
 
 HOLD = "import sys, time; from megatron_nft.runlock import RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
 
@@ -69,3 +70,17 @@ def test_nft_train_exits_at_once_on_a_busy_dir(tmp_path):
     finally:
         a.send_signal(signal.SIGKILL)
         a.wait()
+
+
+def test_read_only_output_dir_named(tmp_path):
+    """A real read-only filesystem (a read-only tmpfs; needs root): one line naming the dir and the fix."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs: {r.stderr.strip()}")
+    try:
+        with pytest.raises(UserError, match=rf"output.dir {ro}/run is not writable \(Read-only file system"):
+            RunLock(str(ro / "run")).acquire()
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
