@@ -1,6 +1,7 @@
 """Training checkpoints you can use: every ``checkpoints/step_N`` carries hf_config.json and the
 tokenizer beside its model weights (``step_N/dist``), ``checkpoints/latest`` names the newest
-step, and ``nft-convert mcore-to-hf`` takes a step directory or the run directory. Independent
+step, and ``nft-convert mcore-to-hf`` takes a step directory or the run directory; time-based
+checkpoints (``checkpoint.interval_minutes``) and a periodic HF export. Independent
 reference: the trainer's own ``hf/`` export of the last step (bit for bit), and the base model
 (an earlier step differs from the last one)."""
 import json
@@ -27,8 +28,9 @@ def test_step_and_run_directories_convert_to_the_hf_export(tmp_path):
     hf = make_tiny_qwen2(tmp_path / "base", vocab=1100, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=32)
     recipe = _recipe(tmp_path, hf, _write_offline(tmp_path))
     run = tmp_path / "run"
-    _train(1, recipe, f"output.dir={run}", "train.max_steps=3", "train.prompts_per_step=2",
-           "checkpoint.interval=1", "checkpoint.keep=2")
+    p = _train(1, recipe, f"output.dir={run}", "train.max_steps=3", "train.prompts_per_step=2", "checkpoint.keep=2",
+               "checkpoint.interval=0", "checkpoint.interval_minutes=0.0001", "checkpoint.export_hf_interval=2")
+    assert "[nft] step 2: exported" in p.stdout and "[nft] step 1: exported" not in p.stdout
     ckpts = run / "checkpoints"
     assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000002", "step_00000003"]
     assert (ckpts / "latest").read_text().strip() == "step_00000003"
