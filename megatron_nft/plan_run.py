@@ -38,6 +38,7 @@ SYNC_GB_S = 50.0  # gathered weight stream into the engine
 EVAL_PROBLEMS = 1547  # the six benchmarks of data.eval (AIME24/25, AMC23, MATH500, OlympiadBench, Minerva)
 CPUS_PER_RANK = 4  # trainer, verifier worker, vLLM engine core, data/IO threads
 HOST_GIB_PER_RANK = 12.0  # a rank's process (torch, CUDA context, vLLM) in host RAM
+GATHER_BYTES_PER_TOKEN = 14  # a pickled token id + float log-prob in the rollout all-gather
 STARTUP_H = 0.25  # model load, engine start, warm-up per (re)start
 
 
@@ -127,7 +128,8 @@ def time_plan(cfg: RecipeConfig, arch, f: dict, m: dict) -> dict:
     t["requeues"] = max(0, math.ceil(t["total_h"] / max(pl.job_hours - STARTUP_H, 0.1)) - 1)
     t["lead_s"] = max(t_round, t_train, t_eval) + t["save_s"] + tr.stop_margin_s
     t["cpus"] = CPUS_PER_RANK * c.gpus_per_node
-    t["mem_gib"] = m["host_offload_gib"] + HOST_GIB_PER_RANK * c.gpus_per_node
+    t["gather_gib"] = engines * tokens * GATHER_BYTES_PER_TOKEN / GiB  # every rank receives all of it
+    t["mem_gib"] = m["host_offload_gib"] + (HOST_GIB_PER_RANK + t["gather_gib"]) * c.gpus_per_node
     return t
 
 
@@ -146,6 +148,8 @@ def print_time_plan(say, cfg: RecipeConfig, arch, f: dict, m: dict) -> None:
         f"{hm(t['train'])}, weight sync {hm(t['sync'])}, eval {hm(t['eval'])} (amortised; {hm(t['eval_once'])} each)")
     say(f"[time] {cfg.train.max_steps} steps: ~{t['total_h']:.1f} h wall, ~{t['gpu_hours']:,.0f} GPU-hours; "
         f"~{t['requeues']} requeue(s) at --time {pl.job_hours:g} h")
+    say(f"[memory] rollout gather (gloo, host RAM): ~{t['gather_gib']:.1f} GiB per rank per round (every "
+        f"answer's token ids and log-probs)")
     say(f"[disk] checkpoint {t['ckpt_gib']:.1f} GiB x keep {ck.keep} = {t['ckpt_gib'] * ck.keep:.1f} GiB "
         f"(~{hm(t['save_s'])} to write); HF export {t['hf_gib']:.1f} GiB (bf16)")
     say(f"[slurm] signal lead >= {math.ceil(t['lead_s'])} s (longest stretch between stop polls + a checkpoint + "

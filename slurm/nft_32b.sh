@@ -10,7 +10,7 @@
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@2580
 #SBATCH --cpus-per-task=32
-#SBATCH --mem=224G
+#SBATCH --mem=240G
 # NFT on Qwen2.5-32B, 16 nodes x 8 GPUs (recipes/nft_qwen2.5_32b.yaml). Submit from the repo root
 # on shared storage (mkdir -p logs once):
 #

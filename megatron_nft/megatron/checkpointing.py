@@ -5,6 +5,12 @@ Atomicity (``checkpoint.common.atomic_dir``): all ranks write into ``checkpoints
 after a barrier rank 0 renames it to ``checkpoints/step_XXXXXXXX``. A crash mid-write leaves only a ``.partial`` folder,
 which :func:`latest_checkpoint` never picks (and the next save clears). Resume = re-run the
 same command with the same ``output.dir``.
+
+``step_N/dist`` is also a complete model checkpoint (hf_config.json, tokenizer/, nft_checkpoint.json
+beside the weights; the optimizer entry is ignored when reading the model), and
+``checkpoints/latest`` names the newest step (written atomically after it): ``nft-convert
+mcore-to-hf --mcore`` and ``nft-eval --model`` take the run directory or a step directory
+(``checkpoint.dist.resolve_checkpoint_dir``).
 """
 from __future__ import annotations
 
