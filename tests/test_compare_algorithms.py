@@ -46,7 +46,7 @@ def test_reduced_comparison_of_the_five_algorithms(reduced):
             run = reduced / algo / f"seed{seed}"
             assert _digest(run / "base_model") == base  # every run starts from the same weights
             rows = [json.loads(x) for x in open(run / "metrics.jsonl")]
-            recipe = (run / "recipe.yaml").read_text()
+            recipe = (sorted(run.glob("recipes/start_*.yaml")) or [run / "recipe.yaml"])[0].read_text()
             assert f"name: {algo}" in recipe and f"seed: {seed}" in recipe
             evals = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
             assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 3]
