@@ -89,12 +89,13 @@ def all_max(x: float) -> float:
 
 def job_end_time(limit_minutes: Optional[float], t_start: float, log=print) -> Optional[float]:
     """The earliest of: ``t_start + train.time_limit_minutes``, ``SLURM_JOB_END_TIME`` (epoch
-    seconds) and ``squeue -h -j $SLURM_JOB_ID -o %e`` (the scheduler's end time). None = no limit."""
+    seconds) and ``squeue -h -j $SLURM_JOB_ID -o %e`` (the scheduler's end time; asked by rank 0
+    only -- the stop decision is all-reduced, so one rank knowing it is enough). None = no limit."""
     ends = [t_start + 60.0 * limit_minutes] if limit_minutes else []
     env = os.environ.get("SLURM_JOB_END_TIME", "")
     if env.isdigit():
         ends.append(float(env))
-    elif os.environ.get("SLURM_JOB_ID"):
+    elif os.environ.get("SLURM_JOB_ID") and os.environ.get("RANK", "0") == "0":
         end = _squeue_end_time(os.environ["SLURM_JOB_ID"], log)
         if end is not None:
             ends.append(end)

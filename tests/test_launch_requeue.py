@@ -1,7 +1,8 @@
 """slurm/launch.sh's requeue decision, run for real with stand-ins for `srun` (it plays the
 trainer: writes $NFT_STATUS_FILE and exits as told) and `scontrol` (records `requeue` calls):
 a trainer that stopped early ("requeue") is requeued, a finished one ("done") is not, a failure
-is requeued up to NFT_MAX_FAILURES times per job, SIGUSR1 still requeues."""
+is requeued up to NFT_MAX_FAILURES times per job, SIGUSR1 still requeues; and the trainer
+reads the job's end time from Slurm."""
 import os
 import stat
 import subprocess
@@ -54,3 +55,31 @@ def test_failures_requeue_up_to_the_cap(tmp_path):
 def test_sigusr1_requeues(tmp_path):
     r, calls = _launch(tmp_path, "usr1")
     assert calls == ["requeue 77"], r.stdout + r.stderr
+
+
+def test_trainer_reads_the_job_end_time(tmp_path, monkeypatch):
+    """runtime.job_end_time: SLURM_JOB_END_TIME, else a real `squeue -o %e` call (a stand-in
+    printing the end time), and train.time_limit_minutes; the earliest wins."""
+    import datetime
+
+    from megatron_nft.runtime import job_end_time
+
+    sq = tmp_path / "squeue"
+    sq.write_text('#!/usr/bin/env bash\n[[ "$*" == "-h -j 91 -o %e" ]] && echo "$FAKE_END"\n')
+    sq.chmod(sq.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_JOB_END_TIME", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "91")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("FAKE_END", "2030-01-02T03:04:05")
+    end = datetime.datetime(2030, 1, 2, 3, 4, 5).timestamp()
+    assert job_end_time(None, 0.0) == end
+    assert job_end_time(10.0, 1000.0) == 1600.0  # 10 minutes after the start come first
+    monkeypatch.setenv("RANK", "3")  # only rank 0 asks the scheduler
+    assert job_end_time(None, 0.0) is None
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("FAKE_END", "N/A")
+    said = []
+    assert job_end_time(None, 0.0, log=said.append) is None and "train.time_limit_minutes" in said[0]
+    monkeypatch.setenv("SLURM_JOB_END_TIME", "1900000000")
+    assert job_end_time(None, 0.0) == 1900000000.0
