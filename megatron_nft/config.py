@@ -65,6 +65,9 @@ class ParallelConfig:
     sequence_parallel: bool = False
     distributed_optimizer: bool = True
     pp_layer_split: Optional[str] = None  # e.g. "15,17": uneven layers per pipeline stage
+    # collective timeout (NCCL and the rollout's gloo group): longer than one generation round,
+    # since ranks whose engine finished first wait in the gather (--dry-run warns)
+    timeout_minutes: int = 60
 
 
 @dataclass

@@ -152,6 +152,9 @@ def print_time_plan(say, cfg: RecipeConfig, arch, f: dict, m: dict) -> None:
         f"answer's token ids and log-probs)")
     say(f"[disk] checkpoint {t['ckpt_gib']:.1f} GiB x keep {ck.keep} = {t['ckpt_gib'] * ck.keep:.1f} GiB "
         f"(~{hm(t['save_s'])} to write); HF export {t['hf_gib']:.1f} GiB (bf16)")
+    if t["round"] > 60 * cfg.parallel.timeout_minutes / 2:
+        say(f"[time] warning: a generation round (~{hm(t['round'])}) is over half of parallel.timeout_minutes "
+            f"{cfg.parallel.timeout_minutes}: ranks wait in the gather for the slowest engine; raise it")
     say(f"[slurm] signal lead >= {math.ceil(t['lead_s'])} s (longest stretch between stop polls + a checkpoint + "
         f"train.stop_margin_s): #SBATCH --signal=B:USR1@{math.ceil(t['lead_s'] / 60) * 60}; "
         f"--cpus-per-task={t['cpus']} --mem={math.ceil(t['mem_gib'] / 8) * 8}G per node")

@@ -66,7 +66,8 @@ class Trainer:
             log0(f"[nft] job end time {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.stop.deadline))} "
                  f"(in {self.stop.left_s() / 60:.1f} min): checkpoint and exit before it")
         self.guard = UpdateGuard(cfg.train.max_nonfinite_steps, cfg.train.spike_factor, log=log0)
-        self.info = init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.seed)
+        self.info = init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.seed,
+                                     timeout_minutes=cfg.parallel.timeout_minutes)
         quiet_nonzero_ranks(self.info.rank)  # before vLLM is imported
         self.out = cfg.output.dir
         self.lock = hold_run_dir(self.out, self.info.rank)  # one run per output.dir, before anything is written
@@ -323,12 +324,13 @@ class Trainer:
         from megatron_nft.rewards import MathVerifier
         from megatron_nft.rewards.training import TrainingReward
         from megatron_nft.rollout import make_engine
-        from megatron_nft.rollout.collect import PromptStream, engine_slot
+        from megatron_nft.rollout.collect import PromptStream, engine_slot, set_gather_timeout
         from megatron_nft.rollout.factory import resolve_kind
         from megatron_nft.rollout.sources import OnlineSource
         from megatron_nft.rollout.weight_sync import WeightSync
 
         cfg, (train, evals) = self.cfg, data
+        set_gather_timeout(cfg.parallel.timeout_minutes)
         r = cfg.rollout
         kind = resolve_kind(r.engine)
         engine_dir = self.model_dir

@@ -8,6 +8,7 @@ all-gathered so every rank holds the same batch (ranks then pick their own DP sh
 """
 from __future__ import annotations
 
+import datetime
 import random
 import time
 from dataclasses import dataclass, field
@@ -78,6 +79,12 @@ def engine_slot(kind: str, vllm_tp: int = 1) -> EngineSlot:
 
 
 _CPU_GROUP: list = []
+_GATHER_TIMEOUT_MIN = [30.0]
+
+
+def set_gather_timeout(minutes: float) -> None:
+    """``parallel.timeout_minutes`` for the rollout's gloo group (set before the first gather)."""
+    _GATHER_TIMEOUT_MIN[0] = float(minutes)
 
 
 def _cpu_group():
@@ -86,7 +93,8 @@ def _cpu_group():
     if dist.get_backend() == "gloo":
         return None  # the default group already is
     if not _CPU_GROUP:
-        _CPU_GROUP.append(dist.new_group(backend="gloo"))
+        timeout = datetime.timedelta(minutes=_GATHER_TIMEOUT_MIN[0])
+        _CPU_GROUP.append(dist.new_group(backend="gloo", timeout=timeout))
     return _CPU_GROUP[0]
 
 
