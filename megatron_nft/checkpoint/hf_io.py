@@ -27,6 +27,7 @@ from megatron_nft.checkpoint.common import (DTYPES, HF_CONFIG_FILE, ST_DTYPES, T
                                             atomic_dir, copy_tokenizer_files, dtype_name, is_rank0, progress_iter,
                                             unwrap_chunks)
 from megatron_nft.checkpoint.dist import load_dist_checkpoint
+from megatron_nft.stability import InputError
 
 
 def model_dir_config(path: str) -> tuple[str, dict]:
@@ -37,10 +38,31 @@ def model_dir_config(path: str) -> tuple[str, dict]:
     for name in ("config.json", HF_CONFIG_FILE):
         f = os.path.join(path, name)
         if os.path.isfile(f):
-            with open(f) as fh:
-                return f, json.load(fh)
+            return f, _read_config(f)
     raise FileNotFoundError(f"model.hf_path: {path!r} has neither config.json (HF) nor "
                             f"{HF_CONFIG_FILE} (megatron-nft checkpoint)")
+
+
+def _read_config(f: str) -> dict:
+    try:
+        with open(f, encoding="utf-8") as fh:
+            cfg = json.load(fh)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        where = f"line {e.lineno} column {e.colno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else str(e)
+        raise InputError(f"{f}: invalid JSON ({where}): restore the model's config (model.hf_path)") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{f}: expected a JSON object, got {type(cfg).__name__}: restore the model's config")
+    return cfg
+
+
+def _open_safetensors(stack: ExitStack, path: Path):
+    from safetensors import safe_open
+
+    try:
+        return stack.enter_context(safe_open(str(path), "pt"))
+    except Exception as e:  # SafetensorError: a truncated or overwritten header
+        raise InputError(f"{path}: not a readable safetensors file ({e}): re-download or re-export "
+                         "model.hf_path") from None
 
 
 def is_hf_dir(path: str) -> bool:
@@ -64,8 +86,6 @@ class HFSafetensors:
     """Lazy reader of an HF dir's safetensors (single file or index); one tensor at a time."""
 
     def __init__(self, hf_dir):
-        from safetensors import safe_open
-
         self.dir = Path(hf_dir)
         index = self.dir / "model.safetensors.index.json"
         if index.is_file():
@@ -78,7 +98,7 @@ class HFSafetensors:
             raise ConversionError(f"no *.safetensors weights in {self.dir} (only safetensors "
                                   "HF checkpoints are supported)")
         self._stack = ExitStack()
-        self._handles = {f: self._stack.enter_context(safe_open(str(self.dir / f), "pt")) for f in files}
+        self._handles = {f: _open_safetensors(self._stack, self.dir / f) for f in files}
         self.weight_map = wm or {k: f for f, h in self._handles.items() for k in h.keys()}
 
     def __enter__(self):
@@ -90,7 +110,16 @@ class HFSafetensors:
     def get(self, name: str) -> torch.Tensor:
         if name not in self.weight_map:
             raise ConversionError(f"tensor {name!r} is missing from the HF checkpoint {self.dir}")
-        return self._handles[self.weight_map[name]].get_tensor(name)
+        f = self.weight_map[name]
+        try:
+            t = self._handles[f].get_tensor(name)
+        except Exception as e:  # a truncated file: the header promises bytes that are not there
+            raise InputError(f"{self.dir / f}: tensor {name!r} cannot be read ({e}): the file is damaged; "
+                             "re-download or re-export model.hf_path") from None
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise InputError(f"{self.dir / f}: tensor {name!r} has non-finite values (NaN/inf): the weight file "
+                             "is damaged; re-download or re-export model.hf_path")
+        return t
 
     def dtype(self) -> torch.dtype:
         """dtype of the stored weights (read from the header, no tensor is loaded)."""
