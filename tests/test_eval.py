@@ -367,3 +367,14 @@ def test_generate_hf_tiny(tmp_path, verifier):
     s2 = json.loads(out.read_text())["math500"]
     assert {k: s2[k] for k in ("accuracy", "k", "n_problems", "pass@k")} == \
         {k: s[k] for k in ("accuracy", "k", "n_problems", "pass@k")}
+
+
+def test_model_may_be_a_run_directory(tmp_path):
+    """nft-eval --model accepts a training run directory (-> checkpoints/latest); with no
+    complete checkpoint yet the error says so instead of 'not an HF dir'."""
+    import tools.eval as E
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_00000002").mkdir(parents=True)  # no trainer_state.json: incomplete
+    with pytest.raises(SystemExit, match="no complete step_"):
+        E.resolve_model(str(run), str(tmp_path / "tmp"))

@@ -217,10 +217,19 @@ def _benchmarks_in_file(path: str) -> list[str]:
 
 
 def resolve_model(model: str, tmp_root: str) -> str:
-    """HF dir as is; a megatron-nft checkpoint is converted into ``tmp_root/hf``."""
+    """HF dir as is; a megatron-nft checkpoint -- converted, a training step directory, or a run
+    directory (its ``checkpoints/latest``) -- is converted into ``tmp_root/hf``."""
     d = Path(model)
     if (d / "config.json").is_file():
         return str(d)
+    if d.is_dir():
+        from megatron_nft.checkpoint.common import ConversionError
+        from megatron_nft.checkpoint.dist import resolve_checkpoint_dir
+
+        try:
+            d = resolve_checkpoint_dir(d)
+        except ConversionError as e:
+            raise EvalError(f"--model {model}: {e}") from None
     if (d / "hf_config.json").is_file():
         import multiprocessing as mp
 
