@@ -192,3 +192,21 @@ def expand_pm(text: str) -> list[str] | None:
     i = pos[0]
     first, second = ("+", "-") if text.startswith("\\pm", i) else ("-", "+")
     return [text[:i] + first + text[i + 3 :], text[:i] + second + text[i + 3 :]]
+
+
+_MATH_DELIMS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+
+
+def strip_math_delims(s: str) -> str:
+    """Remove enclosing ``$$..$$``, ``$..$``, ``\\(..\\)`` and ``\\[..\\]`` pairs (repeatedly, with
+    the white space inside them)."""
+    s = s.strip()
+    changed = True
+    while changed and s:
+        changed = False
+        for a, b in _MATH_DELIMS:
+            if len(s) >= len(a) + len(b) and s.startswith(a) and s.endswith(b):
+                s = s[len(a): len(s) - len(b)].strip()
+                changed = True
+    return s
+

@@ -70,3 +70,11 @@ def test_expand_pm():
     assert L.expand_pm("\\pm 1 \\pm 2") is None  # two signs: ambiguous
     assert L.expand_pm("x \\equiv 3 \\pmod{5}") is None  # \pmod is not a sign
     assert L.expand_pm("\\pm1") == ["+1", "-1"]
+
+
+def test_strip_math_delims_removes_nested_pairs_only_when_they_enclose():
+    from megatron_nft.latex import strip_math_delims
+
+    assert strip_math_delims("  $$ \\(x+1\\) $$ ") == "x+1"
+    assert strip_math_delims("\\[\\frac{1}{2}\\]") == "\\frac{1}{2}"
+    assert strip_math_delims("x") == "x" and strip_math_delims("$") == "$"

@@ -51,6 +51,7 @@ from typing import Callable, Optional, Sequence
 
 from megatron_nft.data.prompts import iter_rows
 from megatron_nft.rewards import extract_answer, extract_gold, last_boxed
+from megatron_nft.rewards.equivalence import perfect_matching
 from megatron_nft.rewards.normalize import key, normalize, strict_normalize
 
 __all__ = ["Benchmark", "Problem", "BENCHMARKS", "RESERVED_KEYS", "DEFAULT_BENCHMARKS",
@@ -265,22 +266,6 @@ def answer_key(answer: str | None, grader: str) -> str | None:
 # ----------------------------------------------------------------------------- grading
 
 
-def _perfect_matching(table: list[list[bool]]) -> bool:
-    n = len(table)
-    owner = [-1] * n
-
-    def try_row(i: int, seen: list[bool]) -> bool:
-        for j in range(n):
-            if table[i][j] and not seen[j]:
-                seen[j] = True
-                if owner[j] == -1 or try_row(owner[j], seen):
-                    owner[j] = i
-                    return True
-        return False
-
-    return all(try_row(i, [False] * n) for i in range(n))
-
-
 def grade(verifier, problems: Sequence[Problem], responses: Sequence[Sequence[str]]) -> list[list[bool]]:
     """Correctness flags ``[problem][sample]``; one ``verify_batch`` call per grading mode.
 
@@ -325,5 +310,5 @@ def grade(verifier, problems: Sequence[Problem], responses: Sequence[Sequence[st
             if ordered:
                 out[pi][si] = all(eq[(a, b)] for a, b in zip(pp, gp))
             else:
-                out[pi][si] = _perfect_matching([[eq[(a, b)] for b in gp] for a in pp])
+                out[pi][si] = perfect_matching([[eq[(a, b)] for b in gp] for a in pp])
     return [[bool(f) for f in row] for row in out]

@@ -312,6 +312,24 @@ def _ordered(ps: list[Node], gs: list[Node], backend: Backend | None) -> Tri:
     return result
 
 
+def perfect_matching(table: list[list[bool]]) -> bool:
+    """True when the square 0/1 ``table`` has a perfect matching (rows to columns; Kuhn's
+    augmenting paths) -- unordered answer sets: every predicted item pairs with its own gold."""
+    n = len(table)
+    owner = [-1] * n
+
+    def try_row(i: int, seen: list[bool]) -> bool:
+        for j in range(n):
+            if table[i][j] and not seen[j]:
+                seen[j] = True
+                if owner[j] == -1 or try_row(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+
+    return all(try_row(i, [False] * n) for i in range(n))
+
+
 def _unordered(ps: list[Node], gs: list[Node], backend: Backend | None) -> Tri:
     n = len(ps)
     if n != len(gs):
@@ -321,18 +339,7 @@ def _unordered(ps: list[Node], gs: list[Node], backend: Backend | None) -> Tri:
     table = [[_compare(a, b, backend) for b in gs] for a in ps]
 
     def match(allowed) -> bool:
-        owner = [-1] * n
-
-        def try_row(i, seen) -> bool:
-            for j in range(n):
-                if allowed(table[i][j]) and not seen[j]:
-                    seen[j] = True
-                    if owner[j] == -1 or try_row(owner[j], seen):
-                        owner[j] = i
-                        return True
-            return False
-
-        return all(try_row(i, [False] * n) for i in range(n))
+        return perfect_matching([[allowed(r) for r in row] for row in table])
 
     if match(lambda r: r is True):
         return True

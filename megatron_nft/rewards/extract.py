@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 
-from megatron_nft.latex import boxed_spans
+from megatron_nft.latex import boxed_spans, strip_math_delims
 
 __all__ = [
     "extract_answer",
@@ -92,14 +92,7 @@ def _last_boxed_span(text: str, join: bool = True) -> tuple[int, int, str] | Non
 def _strip_delims(s: str) -> str:
     s = s.strip()
     s = re.sub(r"^(?:\*\*|__|`)+|(?:\*\*|__|`)+$", "", s).strip()
-    changed = True
-    while changed and s:
-        changed = False
-        for a, b in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-            if len(s) >= len(a) + len(b) and s.startswith(a) and s.endswith(b):
-                s = s[len(a) : len(s) - len(b)].strip()
-                changed = True
-    return s
+    return strip_math_delims(s)
 
 
 def _trim_prose(s: str) -> str:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from megatron_nft.latex import close_index
+from megatron_nft.latex import close_index, strip_math_delims
 
 __all__ = ["normalize", "clean_atom", "key", "strict_normalize", "THOUSANDS", "REL_TOL", "simple_number",
            "numbers_equal", "pct_candidates", "base_numeral", "is_word"]
@@ -73,11 +73,8 @@ def _strip_outer(s: str) -> str:
     s = s.strip()
     changed = True
     while changed and s:
-        changed = False
-        for a, b in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-            if len(s) >= len(a) + len(b) and s.startswith(a) and s.endswith(b):
-                s = s[len(a) : len(s) - len(b)].strip()
-                changed = True
+        inner = strip_math_delims(s)
+        changed, s = inner != s, inner
         if s.startswith("{") and s.endswith("}") and close_index(s, 0) == len(s) - 1:
             s = s[1:-1].strip()
             changed = True
