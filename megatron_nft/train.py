@@ -7,12 +7,17 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import warnings
 
 from megatron_nft.config import ConfigError, load_config
+from megatron_nft.orphans import die_with_launcher, die_with_parent, forked_children_die_with_me
 from megatron_nft.stability import UserError
+
+if multiprocessing.current_process().name != "MainProcess":  # a spawn child importing us as __mp_main__
+    die_with_parent()  # (dist-checkpointing's writer Manager): it must not outlive nft-train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +69,9 @@ def main(argv=None) -> int:
     # megatron-core warns at import that TE/apex are missing; the fallbacks are expected here.
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
     from megatron_nft.trainer import run
+
+    die_with_launcher()  # under torchrun: a rank never outlives its agent
+    forked_children_die_with_me()
 
     try:
         run(cfg)
