@@ -26,7 +26,7 @@ class MetricsLogger:
         if not enabled:
             return
         os.makedirs(out_dir, exist_ok=True)
-        self._truncate_after(resume_step)
+        self._last_step = self._truncate_after(resume_step)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -34,11 +34,12 @@ class MetricsLogger:
         if wandb:
             self._wandb = _wandb_offline(out_dir)
 
-    def _truncate_after(self, step: int) -> None:
+    def _truncate_after(self, step: int) -> Optional[int]:
         """Keep rows with step <= ``step`` (rows of a crashed future are dropped on resume); a
-        fresh start (``step`` 0, no checkpoint) logs step 0 again, so it keeps nothing."""
+        fresh start (``step`` 0, no checkpoint) logs step 0 again, so it keeps nothing.
+        Returns the last kept row's step."""
         if not os.path.exists(self.path):
-            return
+            return None
         keep = []
         with open(self.path) as f:
             for line in f:
@@ -48,18 +49,35 @@ class MetricsLogger:
                     continue  # a torn last line from a crash
                 if step > 0 and row.get("step", 0) <= step:
                     keep.append(line if line.endswith("\n") else line + "\n")
+        self._rewrite(keep)
+        return json.loads(keep[-1]).get("step") if keep else None
+
+    def _rewrite(self, lines: list) -> None:
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            f.writelines(keep)
+            f.writelines(lines)
         os.replace(tmp, self.path)
+
+    def _append_or_merge(self, row: dict) -> None:
+        """One row per step: a second log of the last step (e.g. the eval a resumed run owes the
+        step it stopped at) is merged into that row."""
+        if row["step"] != self._last_step:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        else:
+            with open(self.path) as f:
+                lines = f.readlines()
+            last = json.loads(lines[-1])
+            last.update(row)
+            self._rewrite(lines[:-1] + [json.dumps(last) + "\n"])
+        self._last_step = row["step"]
 
     def log(self, step: int, metrics: dict, histograms: Optional[dict] = None) -> None:
         if not self.enabled:
             return
         row = {"step": int(step)}
         row.update({k: (float(v) if _is_number(v) else v) for k, v in metrics.items()})
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self._append_or_merge(row)
         if self._tb is not None:
             for k, v in metrics.items():
                 if _is_number(v):
