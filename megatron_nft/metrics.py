@@ -124,6 +124,8 @@ def read_metrics(path: str) -> list[dict]:
 def plot_metrics(metrics_path: str, png_path: str,
                  keys: tuple[str, ...] = ("rollout/reward", "eval/accuracy")) -> Optional[str]:
     """Plot the given keys against step into one PNG; returns the path or None if nothing to plot."""
+    if not os.path.exists(metrics_path):  # a run that logged nothing (max_steps 0, no eval)
+        return None
     rows = read_metrics(metrics_path)
     series = {k: [(r["step"], r[k]) for r in rows if _is_number(r.get(k))] for k in keys}
     series = {k: v for k, v in series.items() if v}

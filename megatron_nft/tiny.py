@@ -13,6 +13,7 @@ pipeline treats like any downloaded checkpoint. It is built once per ``output.di
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -75,7 +76,7 @@ def build_tiny_base(cfg: RecipeConfig, log=print) -> str:
     from megatron_nft.data.tokenizer import train_tiny_tokenizer
 
     final = os.path.join(cfg.output.dir, BASE_DIR_NAME)
-    if os.path.isfile(os.path.join(final, MARKER)):
+    if _base_matches(final, cfg, log):
         return final
     rank = dist.get_rank()
     t0 = time.time()
@@ -88,8 +89,23 @@ def build_tiny_base(cfg: RecipeConfig, log=print) -> str:
         if rank == 0:
             t = cfg.model.tiny
             with open(os.path.join(tmp, MARKER), "w") as f:
-                json.dump({"sft_steps": t.sft_steps, "bug_rate": t.bug_rate, "seconds": time.time() - t0}, f)
+                json.dump({"sft_steps": t.sft_steps, "bug_rate": t.bug_rate, "seconds": time.time() - t0,
+                           "tiny": dataclasses.asdict(t)}, f)
     return final
+
+
+def _base_matches(final: str, cfg: RecipeConfig, log) -> bool:
+    """A built base model for this ``model.tiny`` (a changed size or SFT setting rebuilds it;
+    markers of older builds, without the settings, are trusted)."""
+    marker = os.path.join(final, MARKER)
+    if not os.path.isfile(marker):
+        return False
+    with open(marker) as f:
+        built = json.load(f).get("tiny")
+    if built is None or built == dataclasses.asdict(cfg.model.tiny):
+        return True
+    log(f"[nft] {final} was built for other model.tiny settings; rebuilding it")
+    return False
 
 
 def _warm_start(cfg: RecipeConfig, model_dir: str, tokenizer, log) -> None:

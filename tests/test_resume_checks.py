@@ -52,3 +52,26 @@ def test_corrupt_latest_checkpoint_named_and_previous_resumes(tmp_path, tiny_hf)
     assert "resumed from" in p.stdout and "step_00000001" in p.stdout
     steps = [json.loads(line)["step"] for line in open(out / "metrics.jsonl")]
     assert steps == [1, 2, 3], steps  # offline: no eval, so no step-0 row
+
+
+def test_changed_tiny_model_size_rebuilds_the_base(tmp_path):
+    """No checkpoint yet, the tiny base already built: a new model.tiny.hidden_size is built,
+    not silently replaced by the old base (recipe and hf config agree)."""
+    import subprocess
+
+    from _dist_helpers import PYTHON, REPO, env
+    from megatron_nft.tiny import BASE_DIR_NAME
+
+    out = tmp_path / "run"
+
+    def run(hidden):
+        cmd = [PYTHON, "-m", "megatron_nft.train", "--recipe", str(REPO / "recipes" / "tiny_cpu.yaml")]
+        for s in (f"output.dir={out}", "train.max_steps=0", "data.eval=null", "model.tiny.sft_steps=2",
+                  f"model.tiny.hidden_size={hidden}", "checkpoint.export_hf=false"):
+            cmd += ["--set", s]
+        p = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return json.loads((out / BASE_DIR_NAME / "config.json").read_text())["hidden_size"]
+
+    assert run(128) == 128
+    assert run(64) == 64
