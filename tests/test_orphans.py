@@ -70,3 +70,33 @@ def test_no_process_survives(tmp_path, tiny_hf, launcher, sig):
         top.kill()
         for p in _alive(tree):  # a failed test leaves nothing behind either
             p.kill()
+
+
+VERIFIER_PARENT = r"""
+import sys, time
+from megatron_nft.rewards import MathVerifier
+v = MathVerifier(timeout_s=30.0, num_workers=2)
+# a pair the fast path cannot decide, so the workers start and take it
+print(v.verify_batch([r"\boxed{(x+1)^2}"] * 4, ["x^2+2x+1"] * 4), flush=True)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_verifier_workers_die_with_their_parent(sig):
+    parent = subprocess.Popen([PYTHON, "-c", VERIFIER_PARENT], cwd=REPO, env=env(), stdout=subprocess.PIPE, text=True)
+    tree = []
+    try:
+        for line in parent.stdout:
+            if line.strip() == "ready":
+                break
+        tree = _alive(psutil.Process(parent.pid).children(recursive=True))
+        assert any("spawn_main" in _cmd(p) for p in tree), [_cmd(p) for p in tree]
+        parent.send_signal(sig)
+        parent.wait(timeout=60)
+        assert _wait_for(lambda: not _alive(tree), 30), [_cmd(p) for p in _alive(tree)]
+    finally:
+        parent.kill()
+        for p in _alive(tree):
+            p.kill()
