@@ -88,3 +88,15 @@ def test_empty_and_non_utf8_prompt_files_refused_before_the_model(tmp_path):
     bad.write_bytes(b'{"prompt": "1+1", "answer": "2"}\n{"prompt": "caf\xe9", "answer": "3"}\n')
     p = _train_prompts(tmp_path, bad)
     assert p.returncode == 2 and f"{bad}:2: not UTF-8" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_prompt_json_array_errors_name_file_and_line(tmp_path):
+    from megatron_nft.data.prompts import iter_rows
+
+    f = tmp_path / "p.json"
+    f.write_bytes(b'[{"prompt": "1+1", "answer": "2"},\n {"prompt": "caf\xe9"}]')
+    with pytest.raises(InputError, match=r"p.json: not UTF-8"):
+        list(iter_rows(str(f)))
+    f.write_text('[{"prompt": "1+1", "answer": "2"},\n {"prompt": }]')
+    with pytest.raises(InputError, match=r"p.json:2: invalid JSON"):
+        list(iter_rows(str(f)))

@@ -117,10 +117,15 @@ def iter_rows(path: str, *, batch_size: int = 8192) -> Iterator[dict]:
                 raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             yield row
     elif ext == ".json":
-        with open(path, encoding="utf-8") as f:
-            rows = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                rows = json.load(f)
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path}: not UTF-8 ({e.reason} at byte {e.start}): write the file as UTF-8") from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
         if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON array of row objects")
+            raise InputError(f"{path}: expected a JSON array of row objects")
         yield from rows
     else:
         raise ValueError(f"unsupported prompt file type {ext!r} ({path}); use .jsonl, .json or .parquet")
