@@ -207,6 +207,9 @@ class Trainer:
         export, at the end, replaces it)."""
         every = self.cfg.checkpoint.export_hf_interval
         if every and step % every == 0 and step < self.cfg.train.max_steps:
+            if self.guard.weights_suspect or not self.policy.weights_finite():  # collective, same on every rank
+                log0(f"[nft] WARNING step {step}: suspect weights; {os.path.join(self.out, 'hf')} left as it was")
+                return
             self.policy.export_hf_dir(os.path.join(self.out, "hf"), self.model_dir)
             log0(f"[nft] step {step}: exported {os.path.join(self.out, 'hf')}")
 

@@ -8,6 +8,8 @@ import json
 import subprocess
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from _dist_helpers import PYTHON, REPO, TORCHRUN, _run, env, free_port
 from megatron_nft.testing import make_tiny_qwen2
@@ -74,7 +76,7 @@ def test_exploding_lr_skips_updates_and_stops_without_bad_checkpoint(tmp_path, t
     naming the step and train.lr; no checkpoint after the first bad step, no hf/."""
     out = tmp_path / "run"
     r = recipe(tmp_path, tiny_hf, write_offline(tmp_path / "a.jsonl"), lr=1e20, max_steps=8, max_nonfinite_steps=2)
-    p = train(r)
+    p = train(r, "checkpoint.export_hf_interval=1")
     assert p.returncode == 2, p.output
     assert "consecutive updates had a non-finite loss" in p.stderr and "train.lr" in p.stderr, p.output
     assert "Traceback" not in p.stderr, p.output
@@ -83,7 +85,9 @@ def test_exploding_lr_skips_updates_and_stops_without_bad_checkpoint(tmp_path, t
     assert len(skipped) == 2 and skipped == list(range(skipped[0], skipped[0] + 2)), rows
     assert f"step {skipped[-1]}:" in p.stderr
     assert all(s < skipped[0] for s in ckpt_steps(out)), (ckpt_steps(out), skipped)
-    assert not (out / "hf").exists()
+    w = load_file(str(out / "hf" / "model.safetensors"))  # the periodic export of the last good step only
+    assert all(bool(torch.isfinite(t).all()) for t in w.values())
+    assert f"step {skipped[0]}: suspect weights" in p.stdout, p.output
 
 
 def test_fresh_restart_leaves_one_row_per_step(tmp_path, tiny_hf):
