@@ -124,6 +124,9 @@ def verify_answer(response: str, gold, mode: str = "math", guard_huge: bool = Tr
 
 def worker_main(conn, memory_limit_mb: int | None) -> None:
     """Worker process: import the sympy backend once, then answer chunks of tasks."""
+    from megatron_nft.orphans import die_with_parent
+
+    die_with_parent()  # also while busy on a slow pair: never outlive the pool's owner
     if memory_limit_mb:
         try:
             import resource
