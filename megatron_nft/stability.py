@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import json
+
 import math
 import statistics
 from collections import deque
@@ -79,3 +81,18 @@ def utf8_lines(path: str):
             except UnicodeDecodeError as e:
                 raise InputError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start}): "
                                  "write the file as UTF-8 JSON lines") from None
+
+
+def json_lines(path: str):
+    """``(line number, JSON object)`` of a JSON-lines file (blank lines skipped); a non-UTF-8
+    line, broken JSON or a non-object is an :class:`InputError` naming ``file:line``."""
+    for n, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{n}: invalid JSON ({e.msg}, column {e.colno}): one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        yield n, row

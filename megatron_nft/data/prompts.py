@@ -24,7 +24,7 @@ import os
 from collections import Counter
 from typing import Any, Iterator, Optional
 
-from megatron_nft.stability import InputError, utf8_lines
+from megatron_nft.stability import InputError, json_lines
 from megatron_nft.types import PromptItem
 
 logger = logging.getLogger(__name__)
@@ -106,15 +106,7 @@ def iter_rows(path: str, *, batch_size: int = 8192) -> Iterator[dict]:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
             yield from batch.to_pylist()
     elif ext == ".jsonl":
-        for lineno, line in utf8_lines(path):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{lineno}: invalid JSON ({e.msg}): one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        for _, row in json_lines(path):
             yield row
     elif ext == ".json":
         try:

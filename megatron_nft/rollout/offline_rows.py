@@ -10,12 +10,11 @@ all-wrong trains nothing and is refused.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Optional
 
-from megatron_nft.stability import InputError, utf8_lines
+from megatron_nft.stability import InputError, json_lines
 
 REQUIRED = ("group", "prompt_ids", "response_ids", "reward")
 
@@ -71,13 +70,7 @@ def read_offline_groups(path: str, vocab: Optional[int] = None, max_positions: O
     if not os.path.isfile(path):
         raise FileNotFoundError(f"rollout.source: {path!r} not found")
     groups: dict = {}
-    for n, line in utf8_lines(path):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{n}: invalid JSON ({e.msg}, column {e.colno}): one JSON object per line") from None
+    for n, row in json_lines(path):
         row = check_row(row, f"{path}:{n}", vocab, max_positions)
         groups.setdefault(str(row["group"]), []).append(row)
     if not groups:
