@@ -15,9 +15,15 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 VERSION=${MCORE_GPU_VERSION:-$(sed -n 's/^megatron-core==\([0-9.]*\).*/\1/p' requirements-gpu.txt)}
 DEST=.ci/mcore-$VERSION
+# The megatron files that exercise its API directly (model, precision, schedule log-probs, dist
+# checkpoints, weight export, optimizer state). The torchrun training/tool files
+# (tests/test_train_offline.py, tests/test_logprobs_tool.py) passed on 0.19.2 too (2026-12-01) but are
+# left to the main run to keep CI inside its hour: MCORE_ALL_TESTS=1 adds them.
 TESTS=(tests/test_megatron_model.py tests/test_precision.py tests/test_logprobs.py tests/test_checkpoint.py
-       tests/test_train_offline.py tests/test_logprobs_tool.py tests/test_weight_sync_bucketing.py
-       tests/test_checkpoint_state.py)
+       tests/test_weight_sync_bucketing.py tests/test_checkpoint_state.py)
+if [[ "${MCORE_ALL_TESTS:-0}" == 1 ]]; then
+    TESTS+=(tests/test_train_offline.py tests/test_logprobs_tool.py)
+fi
 
 if [[ -z "$VERSION" ]]; then
     echo "[mcore] no megatron-core==X pin in requirements-gpu.txt" >&2
