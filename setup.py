@@ -7,6 +7,7 @@ setup(
     description="NFT (Negative-aware Fine-Tuning) training recipe on megatron-core with vLLM rollouts",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_nft", "megatron_nft.*", "tools", "tools.*"]),
     # torch is unpinned on purpose: clusters bring their own CUDA build (NGC containers);
