@@ -103,7 +103,7 @@ class TrainConfig:
     fused_adam: bool = True  # torch's fused AdamW kernel when megatron falls back to torch (no TE/apex)
     bf16: Optional[bool] = None  # null = bf16 on GPU, fp32 on CPU
     max_nonfinite_steps: int = 3  # consecutive non-finite (skipped) updates before the run stops
-    spike_factor: float = 10.0  # warn when loss / grad norm exceed this x their recent median; 0 = off
+    spike_factor: float = 10.0  # warn when the grad norm exceeds this x its recent median; 0 = off
     # Time limits (runtime.StopSignal): stop, checkpoint and exit before the job's end time -- the
     # earliest of Slurm's (SLURM_JOB_END_TIME / squeue) and trainer start + time_limit_minutes.
     time_limit_minutes: Optional[float] = None

@@ -35,3 +35,11 @@ def test_spike_warning_against_recent_median():
     for step, gn in enumerate([1.0, 1.0, 1.0, 1e6], 1):
         g0.observe(step, {"train/loss": 0.5, "train/grad_norm": gn})
     assert logs0 == []
+
+
+def test_a_near_zero_sign_changing_loss_is_not_a_spike():
+    """The tiny demo's NFT loss hovers around 0 (+-1e-4 .. 1e-3): no warning for that."""
+    g, logs = _guard(spike_factor=10.0)
+    for step, loss in enumerate([1e-5, -2e-5, 3e-5, 1e-3, -9e-4], 1):
+        g.observe(step, {"train/loss": loss, "train/grad_norm": 0.7, "train/nonfinite": 0.0})
+    assert logs == []
